@@ -1,0 +1,11 @@
+"""Update rules of stochastic-gradient MCMC, as PyTensor graph builders.
+
+Each rule takes the current state, a log-density gradient and a standard normal draw and
+returns the next state. The rules know nothing about data, minibatches or PyMC, so their
+algebra can be checked exactly and many steps can run inside one compiled ``scan``.
+"""
+
+from pymc_sgmcmc.dynamics.sghmc import sghmc_update
+from pymc_sgmcmc.dynamics.sgld import sgld_update
+
+__all__ = ["sgld_update", "sghmc_update"]

@@ -1,0 +1,109 @@
+"""Closed-form targets and Monte Carlo tolerances shared by the statistical tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+#: Number of Monte Carlo standard errors a statistic may stray from its expected value.
+Z_TOLERANCE = 4.0
+
+
+def seed_for(name: str) -> int:
+    """A fixed seed per test, as pymc-extras does."""
+    return sum(map(ord, name))
+
+
+def batch_means_standard_error(values: np.ndarray, batches: int = 20) -> float:
+    """Monte Carlo standard error of the mean of ``values`` (chains, draws) by batch means.
+
+    Each chain is cut into ``batches`` consecutive batches; with batches longer than the
+    autocorrelation time their means are nearly independent, so the spread of the
+    batch means over chains measures the error of the overall mean (and so the
+    effective sample size, ``var / se²``).
+    """
+    chains, draws = values.shape
+    size = draws // batches
+    means = values[:, : size * batches].reshape(chains, batches, size).mean(axis=2).ravel()
+    return float(means.std(ddof=1) / np.sqrt(means.size))
+
+
+def assert_gaussian_moments(draws, mean, variance, *, label: str = "") -> None:
+    """Check every coordinate's mean and variance of ``draws`` (chains, draws, d).
+
+    Tolerances are ``Z_TOLERANCE`` Monte Carlo standard errors, from batch means of
+    the draws (for the mean) and of their squared deviations (for the variance).
+    """
+    draws = np.asarray(draws, dtype=float)
+    for j in range(draws.shape[-1]):
+        x = draws[..., j]
+        mean_error = x.mean() - mean[j]
+        mean_se = batch_means_standard_error(x)
+        assert abs(mean_error) < Z_TOLERANCE * mean_se, (
+            f"{label} coordinate {j}: mean {x.mean():.6g} vs {mean[j]:.6g} "
+            f"({mean_error / mean_se:.1f} standard errors)"
+        )
+        squared = (x - mean[j]) ** 2
+        variance_se = batch_means_standard_error(squared)
+        variance_error = squared.mean() - variance[j]
+        assert abs(variance_error) < Z_TOLERANCE * variance_se, (
+            f"{label} coordinate {j}: variance {squared.mean():.6g} vs {variance[j]:.6g} "
+            f"({variance_error / variance_se:.1f} standard errors)"
+        )
+
+
+def linear_gaussian_posterior(X, y, noise_sd, prior_sd):
+    """Posterior of ``w`` for ``y ~ N(X w, noise_sd²)``, ``w ~ N(0, prior_sd² I)``.
+
+    Returns the mean, covariance and precision ``A`` (the negative Hessian of the log
+    posterior, which is constant).
+    """
+    precision = X.T @ X / noise_sd**2 + np.eye(X.shape[1]) / prior_sd**2
+    covariance = np.linalg.inv(precision)
+    mean = covariance @ X.T @ y / noise_sd**2
+    return mean, covariance, precision
+
+
+def minibatch_gradient_covariance(X, y, w, noise_sd, batch_size):
+    """Covariance ``V`` of the minibatch log-posterior gradient at ``w``.
+
+    The batch is drawn with replacement, so ``V = (N²/B) Cov_i[∇ log p(y_i | w)]``
+    with the per-row covariance over the data set.
+    """
+    per_row = X * ((y - X @ w) / noise_sd**2)[:, None]
+    return X.shape[0] ** 2 / batch_size * np.cov(per_row, rowvar=False, ddof=0)
+
+
+def sgld_stationary_covariance(precision, gradient_covariance, step_size, temperature):
+    """Exact stationary covariance of SGLD on a Gaussian target with gradient noise ``V``.
+
+    ``θ' = θ − η A (θ − μ) + sqrt(2ηT) ξ + η ε`` with ``Cov ε = V`` solves
+    ``Σ = (I − ηA) Σ (I − ηA)ᵀ + 2ηT I + η² V``.
+    """
+    d = precision.shape[0]
+    transition = np.eye(d) - step_size * precision
+    noise = 2 * step_size * temperature * np.eye(d) + step_size**2 * gradient_covariance
+    return scipy.linalg.solve_discrete_lyapunov(transition, noise)
+
+
+def sghmc_stationary_covariance(
+    precision, gradient_covariance, step_size, friction, mass, gradient_noise, temperature
+):
+    """Exact stationary covariance of ``(θ, p)`` under SGHMC (scalar Γ, M, B̂) on a Gaussian.
+
+    With ``p' = (1 − hΓ/M) p − h A (θ − μ) + e`` and ``θ' = θ + h p' / M``, where
+    ``Cov e = 2h(TΓ − B̂) I + h² V``, the state ``(θ, p)`` is a linear AR(1) process.
+    """
+    d = precision.shape[0]
+    h, identity = step_size, np.eye(d)
+    decay = 1 - h * friction / mass
+    momentum_rows = np.hstack([-h * precision, decay * identity])
+    position_rows = np.hstack([identity - h**2 / mass * precision, h / mass * decay * identity])
+    transition = np.vstack([position_rows, momentum_rows])
+    momentum_noise = 2 * h * (temperature * friction - gradient_noise) * identity
+    momentum_noise = momentum_noise + h**2 * gradient_covariance
+    loading = np.vstack([h / mass * identity, identity])
+    covariance = scipy.linalg.solve_discrete_lyapunov(
+        transition, loading @ momentum_noise @ loading.T
+    )
+    return covariance
