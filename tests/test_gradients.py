@@ -27,9 +27,7 @@ def regression_model(X, y, minibatch=True, total_size=True):
             X_data, y_data = X, y
         w = pm.Normal("w", 0, 1, shape=D)
         sigma = pm.HalfNormal("sigma", 2)
-        pm.Normal(
-            "y", X_data @ w, sigma, observed=y_data, total_size=N if total_size else None
-        )
+        pm.Normal("y", X_data @ w, sigma, observed=y_data, total_size=N if total_size else None)
     return model
 
 

@@ -94,7 +94,7 @@ def test_sghmc_minibatch_regression(regression):
             steps_per_draw=10,
         )
         idata = pm.sample(
-            draws=2000, tune=200, step=step, random_seed=seed_for("sghmc_reg"), **SAMPLE_KWARGS
+            draws=5000, tune=200, step=step, random_seed=seed_for("sghmc_reg"), **SAMPLE_KWARGS
         )
     expected = sghmc_stationary_covariance(
         precision, gradient_covariance, step_size, friction, mass, gradient_noise, 1.0

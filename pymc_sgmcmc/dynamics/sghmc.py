@@ -50,7 +50,9 @@ def sghmc_update(
     -------
     (position, momentum) : tuple of tensors, shape (d,)
     """
-    noise_scale = pt.sqrt(2.0 * step_size * pt.maximum(temperature * friction - gradient_noise, 0.0))
+    noise_scale = pt.sqrt(
+        2.0 * step_size * pt.maximum(temperature * friction - gradient_noise, 0.0)
+    )
     momentum = (
         momentum
         + step_size * logdensity_grad

@@ -81,7 +81,9 @@ class MinibatchLogPosterior:
         for var in value_vars:
             shape = np.shape(initial_point[var.name])
             size = int(np.prod(shape, dtype=int))
-            replacements[var] = self.position[offset : offset + size].reshape(shape).astype(var.dtype)
+            replacements[var] = (
+                self.position[offset : offset + size].reshape(shape).astype(var.dtype)
+            )
             offset += size
         self.size = offset
 
@@ -91,9 +93,7 @@ class MinibatchLogPosterior:
         _warn_unpaired_minibatches(model)
 
         self.logp = clone_replace(logp, replacements).astype(self.dtype)
-        leftover = [
-            var for var in ancestors([self.logp]) if isinstance(var.type, RandomType)
-        ]
+        leftover = [var for var in ancestors([self.logp]) if isinstance(var.type, RandomType)]
         if leftover:
             raise NotImplementedError(
                 "The model's log density draws random numbers outside pm.Minibatch "
@@ -120,7 +120,7 @@ class MinibatchLogPosterior:
             index = pt.vector(f"minibatch_index_{number}", dtype="int64")
             for node in nodes:
                 *data, _rng = node.inputs
-                for output, tensor in zip(node.outputs[:-1], data):
+                for output, tensor in zip(node.outputs[:-1], data, strict=True):
                     replacements[output] = tensor[index]
             streams.append(MinibatchStream(index, int(data_size), int(batch_size)))
         return tuple(streams)
@@ -132,7 +132,7 @@ class MinibatchLogPosterior:
 
     def at(self, position, indices):
         """``(log π̂, ∇ log π̂)`` as graphs of another position and other index inputs."""
-        replace = {self.position: position, **dict(zip(self.indices, indices))}
+        replace = {self.position: position, **dict(zip(self.indices, indices, strict=True))}
         return clone_replace([self.logp, self.gradient], replace)
 
     def draw_indices(self, rng: np.random.Generator, steps: int) -> list[np.ndarray]:

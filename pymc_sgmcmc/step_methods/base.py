@@ -107,14 +107,20 @@ class StochasticGradientStep(BlockedStep):
         compile_kwargs: dict | None = None,
     ):
         model = modelcontext(model)
-        value_vars = model.value_vars if vars is None else get_value_vars_from_user_vars(vars, model)
+        value_vars = (
+            model.value_vars if vars is None else get_value_vars_from_user_vars(vars, model)
+        )
         check_covers_model(type(self).__name__, model, value_vars)
         self.vars = value_vars
         self.blocked = blocked
 
         self.step_size = as_schedule(step_size)
         self.temperature = check_non_negative("temperature", temperature)
-        if isinstance(steps_per_draw, bool) or not isinstance(steps_per_draw, numbers.Integral) or steps_per_draw < 1:
+        if (
+            isinstance(steps_per_draw, bool)
+            or not isinstance(steps_per_draw, numbers.Integral)
+            or steps_per_draw < 1
+        ):
             raise ValueError(f"`steps_per_draw` must be an integer >= 1, got {steps_per_draw!r}.")
         self.steps_per_draw = int(steps_per_draw)
         self.initial_jitter = check_non_negative("initial_jitter", initial_jitter)
@@ -183,7 +189,9 @@ class StochasticGradientStep(BlockedStep):
             return [new_position, *new_auxiliary, logp, pt.linalg.norm(gradient)]
 
         if steps == 1:
-            outputs = one_step(step_sizes[0], noise[0], *[i[0] for i in indices], position, *auxiliary)
+            outputs = one_step(
+                step_sizes[0], noise[0], *[i[0] for i in indices], position, *auxiliary
+            )
         else:
             sequences = pytensor.scan(
                 one_step,
@@ -226,7 +234,9 @@ class StochasticGradientStep(BlockedStep):
         # pm.sample starts every chain at the model's initial point for a custom step;
         # disperse them as PyMC does for NUTS, unless the user chose the start (initvals).
         if self.initial_jitter > 0 and np.array_equal(position, self._default_start):
-            position = position + self.rng.uniform(-self.initial_jitter, self.initial_jitter, position.shape)
+            position = position + self.rng.uniform(
+                -self.initial_jitter, self.initial_jitter, position.shape
+            )
         return position.astype(self._dtype)
 
     # ---- the step ---------------------------------------------------------------------
@@ -238,17 +248,21 @@ class StochasticGradientStep(BlockedStep):
             self._auxiliary = self._initial_auxiliary(position)
 
         steps = self.steps_per_draw
-        step_sizes = evaluate_schedule(self.step_size, np.arange(self._sg_step, self._sg_step + steps))
+        step_sizes = evaluate_schedule(
+            self.step_size, np.arange(self._sg_step, self._sg_step + steps)
+        )
         noise = self.rng.standard_normal((steps, self._size), dtype=self._dtype)
         indices = self._target.draw_indices(self.rng, steps)
-        new_position, *outputs = self._kernel(
-            position,
-            *self._auxiliary,
-            step_sizes.astype(self._dtype),
-            noise,
-            *indices,
-            *self._extra_input_values(),
-        )
+        # A diverging chain overflows inside the kernel; _check_finite reports it clearly.
+        with np.errstate(over="ignore", invalid="ignore"):
+            new_position, *outputs = self._kernel(
+                position,
+                *self._auxiliary,
+                step_sizes.astype(self._dtype),
+                noise,
+                *indices,
+                *self._extra_input_values(),
+            )
         n_auxiliary = len(self._auxiliary_names)
         new_auxiliary = outputs[:n_auxiliary]
         logp, grad_norm, *extra_stats = outputs[n_auxiliary:]
@@ -265,25 +279,32 @@ class StochasticGradientStep(BlockedStep):
             "diverging": 0.0,
             "tune": bool(self.tune),
         }
-        stats.update(zip(self._stat_names, map(float, extra_stats)))
+        stats.update(zip(self._stat_names, map(float, extra_stats), strict=True))
         stats.update(self._draw_stats(stats["step_size"]))
-        new_point = DictToArrayBijection.rmap(RaveledVars(new_position, mapped.point_map_info), start_point=point)
+        new_point = DictToArrayBijection.rmap(
+            RaveledVars(new_position, mapped.point_map_info), start_point=point
+        )
         return new_point, [stats]
 
     def _check_finite(self, position, auxiliary, step_size) -> None:
-        names = [("position", position), *zip(self._auxiliary_names, auxiliary)]
+        names = [("position", position), *zip(self._auxiliary_names, auxiliary, strict=True)]
         bad = [name for name, value in names if not np.all(np.isfinite(value))]
         if not bad:
             return
         chain = "" if self._chain is None else f" in chain {self._chain}"
         phase = "tuning " if self.tune else ""
-        start = " (the first draw: check that the model's log density is finite near the start)" if self._draw == 0 else ""
+        start = (
+            " (the first draw: check that the model's log density is finite near the start)"
+            if self._draw == 0
+            else ""
+        )
+        first, last = self._sg_step, self._sg_step + self.steps_per_draw - 1
+        steps = f"SG step {first}" if first == last else f"SG steps {first}-{last}"
         raise SamplerDivergenceError(
             f"{type(self).__name__} diverged{chain} at {phase}draw {self._draw}{start}: the "
-            f"{' and '.join(bad)} became non-finite within SG steps {self._sg_step}-"
-            f"{self._sg_step + self.steps_per_draw - 1} at step_size={step_size:.4g}. "
-            f"{self._divergence_advice}. The chain was stopped; draws recorded before this "
-            "one are unaffected."
+            f"{' and '.join(bad)} became non-finite within {steps} at "
+            f"step_size={step_size:.4g}. {self._divergence_advice}. The chain was stopped "
+            "before any non-finite value reached the trace."
         )
 
     @staticmethod

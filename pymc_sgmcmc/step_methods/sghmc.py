@@ -142,7 +142,11 @@ class SGHMC(StochasticGradientStep):
             self.gradient_noise = np.asarray(gradient_noise, dtype=float)
             if self.gradient_noise.ndim == 0:
                 check_non_negative("gradient_noise", float(self.gradient_noise))
-            elif self.gradient_noise.shape != (self._size,) or np.any(~np.isfinite(self.gradient_noise)) or np.any(self.gradient_noise < 0):
+            elif (
+                self.gradient_noise.shape != (self._size,)
+                or np.any(~np.isfinite(self.gradient_noise))
+                or np.any(self.gradient_noise < 0)
+            ):
                 raise ValueError(
                     "`gradient_noise` must be non-negative and finite, a scalar or one value "
                     f"per raveled parameter ({self._size}); got {gradient_noise!r}."
@@ -268,4 +272,3 @@ class SGHMC(StochasticGradientStep):
         self._gradient_variance = (self._variance_sum / self._variance_count).astype(self._dtype)
         step_size = float(evaluate_schedule(self.step_size, np.array([self._sg_step]))[0])
         self._check_friction(self._gradient_noise_at(step_size), error=False, step_size=step_size)
-
