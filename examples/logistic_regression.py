@@ -80,11 +80,11 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=None, help="draws per chain (default 10_000)")
     parser.add_argument("--tune", type=int, default=None, help="burn-in draws per chain")
     parser.add_argument("--step-size", type=float, default=None, help="SGLD step size (0.05/N)")
-    parser.add_argument("--quick", action="store_true", help="N=10_000 and 4_000 draws")
+    parser.add_argument("--quick", action="store_true", help="N=10_000 and 6_000 draws")
     args = parser.parse_args()
 
     n = args.n or (10_000 if args.quick else 100_000)
-    draws = args.draws or (4_000 if args.quick else 10_000)
+    draws = args.draws or (6_000 if args.quick else 10_000)
     tune = args.tune if args.tune is not None else (500 if args.quick else 1_000)
     step_size = args.step_size or (QUICK_STEP_SIZE_TIMES_N if args.quick else STEP_SIZE_TIMES_N) / n
 

@@ -24,6 +24,7 @@ from pymc.variational.minibatch_rv import MinibatchRandomVariable
 from pytensor.graph.replace import clone_replace
 from pytensor.graph.traversal import ancestors, io_toposort
 from pytensor.tensor.random.type import RandomType
+from pytensor.tensor.variable import TensorConstant
 
 __all__ = ["MinibatchLogPosterior", "MinibatchStream"]
 
@@ -111,6 +112,7 @@ class MinibatchLogPosterior:
                 # Outputs drawn with one generator are one joint minibatch (e.g. X and y).
                 nodes_by_rng.setdefault(node.inputs[-1], []).append(node)
 
+        shared_data: dict = {}
         streams = []
         for number, nodes in enumerate(nodes_by_rng.values()):
             first = nodes[0]
@@ -121,6 +123,13 @@ class MinibatchLogPosterior:
             for node in nodes:
                 *data, _rng = node.inputs
                 for output, tensor in zip(node.outputs[:-1], data, strict=True):
+                    if isinstance(tensor, TensorConstant):
+                        # pm.Minibatch(numpy_array) embeds the data set as a constant; as a
+                        # shared input it is passed by reference, so the compiled kernel does
+                        # not carry (or hash) the data, and Numba can cache it.
+                        if tensor not in shared_data:
+                            shared_data[tensor] = pytensor.shared(tensor.data, borrow=True)
+                        tensor = shared_data[tensor]
                     replacements[output] = tensor[index]
             streams.append(MinibatchStream(index, int(data_size), int(batch_size)))
         return tuple(streams)

@@ -199,7 +199,6 @@ class StochasticGradientStep(BlockedStep):
                 outputs_info=[position, *auxiliary, None, None],
                 non_sequences=extra,
                 n_steps=steps,
-                strict=True,
                 return_updates=False,
             )
             outputs = [sequence[-1] for sequence in sequences]
