@@ -5,11 +5,18 @@ from __future__ import annotations
 import inspect
 import numbers
 
+import arviz
+import numpy as np
 import pymc
 
-__all__ = ["PYMC_MAJOR", "sampling_chain_index"]
+__all__ = ["DIVERGING_DTYPE", "PYMC_MAJOR", "sampling_chain_index"]
 
 PYMC_MAJOR = int(pymc.__version__.split(".")[0])
+
+#: dtype of the ``diverging`` sampler stat. ArviZ 1.x cannot summarise bool stats
+#: (``az.summary(idata, group="sample_stats")`` subtracts them), while ArviZ 0.x's
+#: ``plot_trace`` indexes draws with ``diverging`` and needs it bool.
+DIVERGING_DTYPE = np.float64 if int(arviz.__version__.split(".")[0]) >= 1 else np.bool_
 
 
 def sampling_chain_index() -> int | None:

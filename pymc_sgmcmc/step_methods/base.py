@@ -22,7 +22,7 @@ from pymc.step_methods.compound import BlockedStep, Competence
 from pymc.util import get_random_generator, get_value_vars_from_user_vars
 from pytensor.tensor.type import discrete_dtypes
 
-from pymc_sgmcmc._compat import sampling_chain_index
+from pymc_sgmcmc._compat import DIVERGING_DTYPE, sampling_chain_index
 from pymc_sgmcmc.gradients import MinibatchLogPosterior
 from pymc_sgmcmc.schedules import as_schedule, evaluate_schedule
 
@@ -87,7 +87,7 @@ class StochasticGradientStep(BlockedStep):
         "step_size": (np.float64, []),
         "minibatch_logp": (np.float64, []),
         "grad_norm": (np.float64, []),
-        "diverging": (np.float64, []),
+        "diverging": (DIVERGING_DTYPE, []),
         "tune": (bool, []),
     }
     _auxiliary_names: tuple[str, ...] = ()
@@ -275,7 +275,7 @@ class StochasticGradientStep(BlockedStep):
             "step_size": float(step_sizes[-1]),
             "minibatch_logp": float(logp),
             "grad_norm": float(grad_norm),
-            "diverging": 0.0,
+            "diverging": DIVERGING_DTYPE(False),
             "tune": bool(self.tune),
         }
         stats.update(zip(self._stat_names, map(float, extra_stats), strict=True))
