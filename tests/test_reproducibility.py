@@ -87,3 +87,22 @@ def test_chains_start_dispersed_unless_initvals_are_given():
     assert np.all((np.abs(starts) > 0) & (np.abs(starts) <= 1))
     assert not np.allclose(starts[0], starts[1])
     np.testing.assert_allclose(draws(given, "x")[:, 0], [[5.0, -5.0, 2.0]] * 2, atol=1e-9)
+
+
+@pytest.mark.parametrize("sampler", STEPS)
+def test_restoring_the_sampling_state_replays_the_next_draw(model, sampler):
+    with model:
+        step = STEPS[sampler]()
+    step.setup_chain(np.random.default_rng(4), tune=5, draws=5)
+    step.tune = True
+    point = model.initial_point()
+    for _ in range(4):
+        point, _ = step.step(point)
+    saved = step.sampling_state
+    next_point, next_stats = step.step(point)
+    step.step(next_point)
+    step.sampling_state = saved
+    replayed_point, replayed_stats = step.step(point)
+    for name in point:
+        np.testing.assert_array_equal(replayed_point[name], next_point[name])
+    assert replayed_stats == next_stats

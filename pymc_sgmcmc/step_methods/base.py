@@ -18,7 +18,8 @@ import pytensor.tensor as pt
 from pymc.blocking import DictToArrayBijection, RaveledVars
 from pymc.exceptions import SamplingError
 from pymc.model import modelcontext
-from pymc.step_methods.compound import BlockedStep, Competence
+from pymc.step_methods.compound import BlockedStep, Competence, StepMethodState
+from pymc.step_methods.state import dataclass_state
 from pymc.util import get_random_generator, get_value_vars_from_user_vars
 from pytensor.tensor.type import discrete_dtypes
 
@@ -26,7 +27,7 @@ from pymc_sgmcmc._compat import DIVERGING_DTYPE, sampling_chain_index
 from pymc_sgmcmc.gradients import MinibatchLogPosterior
 from pymc_sgmcmc.schedules import as_schedule, evaluate_schedule
 
-__all__ = ["StochasticGradientStep", "SamplerDivergenceError"]
+__all__ = ["StochasticGradientStep", "StochasticGradientState", "SamplerDivergenceError"]
 
 
 class SamplerDivergenceError(SamplingError):
@@ -73,6 +74,16 @@ def check_covers_model(name: str, model, value_vars) -> None:
         )
 
 
+@dataclass_state
+class StochasticGradientState(StepMethodState):
+    """Per-chain state: with ``step.sampling_state`` it can be saved and restored exactly."""
+
+    _draw: int
+    _sg_step: int
+    _chain: int | None
+    _auxiliary: list
+
+
 class StochasticGradientStep(BlockedStep):
     """Base class: minibatch gradients, schedules and the compiled multi-step kernel.
 
@@ -91,6 +102,7 @@ class StochasticGradientStep(BlockedStep):
         "tune": (bool, []),
     }
     _auxiliary_names: tuple[str, ...] = ()
+    _state_class = StochasticGradientState
     _divergence_advice = "Lower step_size (e.g. by a factor of 10)"
 
     def __init__(

@@ -10,7 +10,10 @@ import pytensor.tensor as pt
 
 from pymc_sgmcmc.dynamics import sghmc_update
 from pymc_sgmcmc.schedules import evaluate_schedule
+from pymc.step_methods.state import dataclass_state
+
 from pymc_sgmcmc.step_methods.base import (
+    StochasticGradientState,
     StochasticGradientStep,
     check_non_negative,
     check_positive_array,
@@ -20,6 +23,16 @@ __all__ = ["SGHMC"]
 
 # Gradient pairs taken at the end of tuning when tuning gave fewer draws than this.
 MIN_NOISE_ESTIMATE_PAIRS = 20
+
+
+@dataclass_state
+class SGHMCState(StochasticGradientState):
+    """SGHMC's per-chain state adds the running gradient-noise estimate."""
+
+    _gradient_variance: np.ndarray
+    _variance_sum: np.ndarray
+    _variance_count: int
+    _last_position: np.ndarray | None
 
 
 class SGHMC(StochasticGradientStep):
@@ -87,6 +100,7 @@ class SGHMC(StochasticGradientStep):
         "gradient_noise": (np.float64, []),
     }
     _auxiliary_names = ("momentum",)
+    _state_class = SGHMCState
     _divergence_advice = "Lower step_size (e.g. by a factor of 10) or raise friction"
 
     def __init__(
