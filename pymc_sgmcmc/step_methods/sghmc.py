@@ -8,10 +8,10 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from pymc_sgmcmc.dynamics import sghmc_update
-from pymc_sgmcmc.schedules import evaluate_schedule
 from pymc.step_methods.state import dataclass_state
 
+from pymc_sgmcmc.dynamics import sghmc_update
+from pymc_sgmcmc.schedules import evaluate_schedule
 from pymc_sgmcmc.step_methods.base import (
     StochasticGradientState,
     StochasticGradientStep,
