@@ -42,7 +42,7 @@ def main() -> None:
     samplers = {
         "SGLD": lambda: sgmc.SGLD(step_size=0.003 * variance, steps_per_draw=50),
         "SGLD (polynomial decay)": lambda: sgmc.SGLD(
-            step_size=sgmc.schedules.polynomial(0.05 * variance * 1e4**0.55, b=1e4, gamma=0.55),
+            step_size=sgmc.schedules.polynomial(0.006 * variance * 1e4**0.55, b=1e4, gamma=0.55),
             steps_per_draw=50,
         ),
         "SGHMC (estimated B̂)": lambda: sgmc.SGHMC(
