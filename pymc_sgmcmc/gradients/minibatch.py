@@ -144,6 +144,11 @@ class MinibatchLogPosterior:
         replace = {self.position: position, **dict(zip(self.indices, indices, strict=True))}
         return clone_replace([self.logp, self.gradient], replace)
 
+    def gradient_at(self, position, indices):
+        """``∇ log π̂`` alone as a graph of another position and other index inputs."""
+        replace = {self.position: position, **dict(zip(self.indices, indices, strict=True))}
+        return clone_replace(self.gradient, replace)
+
     def draw_indices(self, rng: np.random.Generator, steps: int) -> list[np.ndarray]:
         """Indices of every stream for ``steps`` fresh minibatches."""
         return [stream.draw(rng, steps) for stream in self.streams]

@@ -191,29 +191,35 @@ class StochasticGradientStep(BlockedStep):
         indices = [pt.matrix(f"minibatch_indices_{j}", dtype="int64") for j in range(n_streams)]
         extra = self._extra_inputs()
 
-        def one_step(step_size, noise_k, *rest):
+        def advance(step_size, noise_k, *rest):
             index_k = rest[:n_streams]
             position_k, *auxiliary_k = rest[n_streams : n_streams + 1 + n_auxiliary]
-            logp, gradient = target.at(position_k, index_k)
+            gradient = target.gradient_at(position_k, index_k)
             new_position, new_auxiliary = self._transition(
                 position_k, auxiliary_k, gradient, step_size, noise_k, extra
             )
-            return [new_position, *new_auxiliary, logp, pt.linalg.norm(gradient)]
+            return [new_position, *new_auxiliary]
 
-        if steps == 1:
-            outputs = one_step(
-                step_sizes[0], noise[0], *[i[0] for i in indices], position, *auxiliary
-            )
-        else:
+        # The first K - 1 steps need only gradients; the last also yields the stats, so
+        # the log density is computed once per draw rather than once per step.
+        state = [position, *auxiliary]
+        if steps > 1:
             sequences = pytensor.scan(
-                one_step,
-                sequences=[step_sizes, noise, *indices],
-                outputs_info=[position, *auxiliary, None, None],
+                advance,
+                sequences=[step_sizes[:-1], noise[:-1], *[index[:-1] for index in indices]],
+                outputs_info=state,
                 non_sequences=extra,
-                n_steps=steps,
+                n_steps=steps - 1,
+                return_list=True,
                 return_updates=False,
             )
-            outputs = [sequence[-1] for sequence in sequences]
+            state = [sequence[-1] for sequence in sequences]
+        last_position, *last_auxiliary = state
+        logp, gradient = target.at(last_position, [index[-1] for index in indices])
+        final_position, final_auxiliary = self._transition(
+            last_position, last_auxiliary, gradient, step_sizes[-1], noise[-1], extra
+        )
+        outputs = [final_position, *final_auxiliary, logp, pt.linalg.norm(gradient)]
         final_position, *final_auxiliary = outputs[: 1 + n_auxiliary]
         self._stat_names = list(self._extra_stats(final_position, final_auxiliary))
         stats = list(self._extra_stats(final_position, final_auxiliary).values())
