@@ -87,8 +87,9 @@ class StochasticGradientState(StepMethodState):
 class StochasticGradientStep(BlockedStep):
     """Base class: minibatch gradients, schedules and the compiled multi-step kernel.
 
-    Subclasses define the update rule through ``_transition``, any auxiliary state
-    (``_auxiliary_names``, ``_initial_auxiliary``), extra inputs and extra stats.
+    Subclasses define the update rule through ``_transition``, its numeric
+    ``_parameters``, any auxiliary state (``_auxiliary_names``, ``_initial_auxiliary``)
+    and extra stats.
     """
 
     name = "stochastic_gradient"
@@ -153,20 +154,25 @@ class StochasticGradientStep(BlockedStep):
     def _configure(self) -> None:
         """Check and store sampler-specific parameters (needs ``self._size``)."""
 
-    def _extra_inputs(self) -> list:
-        """Symbolic inputs of the kernel beyond states, step sizes, noise and indices."""
-        return []
+    def _parameters(self) -> dict[str, np.ndarray]:
+        """Numeric parameters of the update rule, passed to the kernel at every call.
 
-    def _extra_input_values(self) -> list:
-        return []
+        They are inputs rather than constants of the compiled graph, so one compiled
+        kernel (and Numba's on-disk cache of it) serves every value.
+        """
+        return {"temperature": np.asarray(self.temperature, dtype=self._dtype)}
 
-    def _transition(self, position, auxiliary, gradient, step_size, noise, extra):
+    def _refresh_parameters(self) -> None:
+        self._parameter_values = list(self._parameters().values())
+
+    def _transition(self, position, auxiliary, gradient, step_size, noise, parameters):
+        """The update rule as a graph; ``parameters`` maps names to symbolic inputs."""
         raise NotImplementedError
 
     def _initial_auxiliary(self, position: np.ndarray) -> list[np.ndarray]:
         return []
 
-    def _extra_stats(self, position, auxiliary) -> dict:
+    def _extra_stats(self, position, auxiliary, parameters) -> dict:
         """Symbolic scalar stats of the final state of a draw."""
         return {}
 
@@ -189,14 +195,21 @@ class StochasticGradientStep(BlockedStep):
         step_sizes = pt.vector("step_sizes", dtype=self._dtype)
         noise = pt.matrix("noise", dtype=self._dtype)
         indices = [pt.matrix(f"minibatch_indices_{j}", dtype="int64") for j in range(n_streams)]
-        extra = self._extra_inputs()
+        parameters = {
+            name: pt.tensor(name, dtype=self._dtype, shape=(None,) * value.ndim)
+            for name, value in self._parameters().items()
+        }
+        extra = list(parameters.values())
 
         def advance(step_size, noise_k, *rest):
             index_k = rest[:n_streams]
             position_k, *auxiliary_k = rest[n_streams : n_streams + 1 + n_auxiliary]
+            inner_parameters = dict(
+                zip(parameters, rest[n_streams + 1 + n_auxiliary :], strict=True)
+            )
             gradient = target.gradient_at(position_k, index_k)
             new_position, new_auxiliary = self._transition(
-                position_k, auxiliary_k, gradient, step_size, noise_k, extra
+                position_k, auxiliary_k, gradient, step_size, noise_k, inner_parameters
             )
             return [new_position, *new_auxiliary]
 
@@ -217,12 +230,13 @@ class StochasticGradientStep(BlockedStep):
         last_position, *last_auxiliary = state
         logp, gradient = target.at(last_position, [index[-1] for index in indices])
         final_position, final_auxiliary = self._transition(
-            last_position, last_auxiliary, gradient, step_sizes[-1], noise[-1], extra
+            last_position, last_auxiliary, gradient, step_sizes[-1], noise[-1], parameters
         )
         outputs = [final_position, *final_auxiliary, logp, pt.linalg.norm(gradient)]
         final_position, *final_auxiliary = outputs[: 1 + n_auxiliary]
-        self._stat_names = list(self._extra_stats(final_position, final_auxiliary))
-        stats = list(self._extra_stats(final_position, final_auxiliary).values())
+        extra_stats = self._extra_stats(final_position, final_auxiliary, parameters)
+        self._stat_names = list(extra_stats)
+        stats = list(extra_stats.values())
         return pytensor.function(
             [position, *auxiliary, step_sizes, noise, *indices, *extra],
             [*outputs, *stats],
@@ -238,6 +252,16 @@ class StochasticGradientStep(BlockedStep):
         self._draw = 0
         self._sg_step = 0
         self._auxiliary: list[np.ndarray] = []
+        self._refresh_parameters()
+
+    @property
+    def sampling_state(self):
+        return BlockedStep.sampling_state.fget(self)
+
+    @sampling_state.setter
+    def sampling_state(self, state) -> None:
+        BlockedStep.sampling_state.fset(self, state)
+        self._refresh_parameters()
 
     def set_rng(self, rng) -> None:
         """PyMC 5 hook at each chain's start: reset the per-chain state."""
@@ -278,7 +302,7 @@ class StochasticGradientStep(BlockedStep):
                 step_sizes.astype(self._dtype),
                 noise,
                 *indices,
-                *self._extra_input_values(),
+                *self._parameter_values,
             )
         n_auxiliary = len(self._auxiliary_names)
         new_auxiliary = outputs[:n_auxiliary]

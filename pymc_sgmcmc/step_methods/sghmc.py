@@ -166,6 +166,7 @@ class SGHMC(StochasticGradientStep):
                     f"per raveled parameter ({self._size}); got {gradient_noise!r}."
                 )
             self._check_friction(self.gradient_noise, error=True)
+        self._gradient_variance = np.zeros(self._size, dtype=self._dtype)
 
     def _check_friction(self, gradient_noise, *, error: bool, step_size=None) -> None:
         """Fluctuation-dissipation needs ``T Γ ≥ B̂`` in every coordinate."""
@@ -196,34 +197,39 @@ class SGHMC(StochasticGradientStep):
         )
 
     # ---- the kernel -------------------------------------------------------------------
-    def _extra_inputs(self) -> list:
-        self._gradient_variance_input = pt.vector("gradient_variance", dtype=self._dtype)
-        return [self._gradient_variance_input]
+    def _parameters(self) -> dict[str, np.ndarray]:
+        values = {
+            "friction": self.friction,
+            "mass": self.mass,
+            "gradient_noise": self.gradient_noise,
+            # Zero until an estimate is frozen at the end of tuning.
+            "gradient_variance": self._gradient_variance,
+        }
+        cast = {name: np.asarray(value, dtype=self._dtype) for name, value in values.items()}
+        return {**super()._parameters(), **cast}
 
-    def _extra_input_values(self) -> list:
-        return [self._gradient_variance]
-
-    def _transition(self, position, auxiliary, gradient, step_size, noise, extra):
+    def _transition(self, position, auxiliary, gradient, step_size, noise, parameters):
         (momentum,) = auxiliary
-        (gradient_variance,) = extra
         # A given B̂ is fixed; an estimated one is h V̂ / 2, so it follows the schedule.
-        gradient_noise = self.gradient_noise + step_size * gradient_variance / 2
+        gradient_noise = (
+            parameters["gradient_noise"] + step_size * parameters["gradient_variance"] / 2
+        )
         position, momentum = sghmc_update(
             position,
             momentum,
             gradient,
             step_size,
-            friction=self.friction,
-            mass=self.mass,
+            friction=parameters["friction"],
+            mass=parameters["mass"],
             gradient_noise=gradient_noise,
-            temperature=self.temperature,
+            temperature=parameters["temperature"],
             noise=noise,
         )
         return position, [momentum]
 
-    def _extra_stats(self, position, auxiliary) -> dict:
+    def _extra_stats(self, position, auxiliary, parameters) -> dict:
         (momentum,) = auxiliary
-        return {"kinetic_energy": 0.5 * pt.sum(momentum**2 / self.mass)}
+        return {"kinetic_energy": 0.5 * pt.sum(momentum**2 / parameters["mass"])}
 
     def _draw_stats(self, step_size: float) -> dict:
         return {"gradient_noise": float(np.mean(self._gradient_noise_at(step_size)))}
@@ -262,11 +268,11 @@ class SGHMC(StochasticGradientStep):
         self._variance_count += 1
 
     def _start_chain(self, rng) -> None:
-        super()._start_chain(rng)
         self._gradient_variance = np.zeros(self._size, dtype=self._dtype)
         self._variance_sum = np.zeros(self._size)
         self._variance_count = 0
         self._last_position = None
+        super()._start_chain(rng)
 
     def _after_draw(self, position) -> None:
         self._last_position = position
@@ -284,5 +290,6 @@ class SGHMC(StochasticGradientStep):
         while self._variance_count < MIN_NOISE_ESTIMATE_PAIRS:
             self._add_noise_pair(position)
         self._gradient_variance = (self._variance_sum / self._variance_count).astype(self._dtype)
+        self._refresh_parameters()
         step_size = float(evaluate_schedule(self.step_size, np.array([self._sg_step]))[0])
         self._check_friction(self._gradient_noise_at(step_size), error=False, step_size=step_size)

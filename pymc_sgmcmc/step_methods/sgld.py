@@ -63,5 +63,6 @@ class SGLD(StochasticGradientStep):
 
     name = "sgld"
 
-    def _transition(self, position, auxiliary, gradient, step_size, noise, extra):
-        return sgld_update(position, gradient, step_size, self.temperature, noise), []
+    def _transition(self, position, auxiliary, gradient, step_size, noise, parameters):
+        temperature = parameters["temperature"]
+        return sgld_update(position, gradient, step_size, temperature, noise), []
