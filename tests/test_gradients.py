@@ -61,7 +61,9 @@ def test_minibatch_gradients_over_a_partition_average_to_the_full_gradient():
     target = MinibatchLogPosterior(model, model.value_vars)
     gradient = compile_gradient(target)
     position = np.array([0.3, -0.7, 1.5, 0.2])
+    [stream] = target.streams
     rows = np.random.default_rng(0).permutation(N).reshape(N // BATCH, BATCH)
+    rows = rows.astype(stream.index.dtype)
     average = np.mean([gradient(position, batch) for batch in rows], axis=0)
     np.testing.assert_allclose(average, full_data_gradient(X, y, position), rtol=1e-10)
 

@@ -49,7 +49,9 @@ class MinibatchStream:
 
     def draw(self, rng: np.random.Generator, steps: int) -> np.ndarray:
         """Row indices for ``steps`` minibatches, shape ``(steps, batch_size)``."""
-        return rng.integers(0, self.data_size, size=(steps, self.batch_size), dtype=np.int64)
+        return rng.integers(
+            0, self.data_size, size=(steps, self.batch_size), dtype=self.index.dtype
+        )
 
 
 class MinibatchLogPosterior:
@@ -119,7 +121,9 @@ class MinibatchLogPosterior:
             data_size, batch_size = pytensor.function(
                 [], [first.inputs[0].shape[0], first.outputs[0].shape[0]], on_unused_input="ignore"
             )()
-            index = pt.vector(f"minibatch_index_{number}", dtype="int64")
+            # 32-bit indices are drawn faster and move less memory; 64 only when needed.
+            index_dtype = "int32" if data_size < 2**31 else "int64"
+            index = pt.vector(f"minibatch_index_{number}", dtype=index_dtype)
             for node in nodes:
                 *data, _rng = node.inputs
                 for output, tensor in zip(node.outputs[:-1], data, strict=True):

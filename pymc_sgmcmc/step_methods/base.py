@@ -194,7 +194,10 @@ class StochasticGradientStep(BlockedStep):
         auxiliary = [pt.vector(name, dtype=self._dtype) for name in self._auxiliary_names]
         step_sizes = pt.vector("step_sizes", dtype=self._dtype)
         noise = pt.matrix("noise", dtype=self._dtype)
-        indices = [pt.matrix(f"minibatch_indices_{j}", dtype="int64") for j in range(n_streams)]
+        indices = [
+            pt.matrix(f"minibatch_indices_{j}", dtype=stream.index.dtype)
+            for j, stream in enumerate(target.streams)
+        ]
         parameters = {
             name: pt.tensor(name, dtype=self._dtype, shape=(None,) * value.ndim)
             for name, value in self._parameters().items()

@@ -251,8 +251,8 @@ class SGHMC(StochasticGradientStep):
     # ---- gradient-noise estimate --------------------------------------------------------
     def _compile_noise_pairs(self):
         target = self._target
-        first = [pt.vector(f"first_{j}", dtype="int64") for j in range(len(target.streams))]
-        second = [pt.vector(f"second_{j}", dtype="int64") for j in range(len(target.streams))]
+        first = [stream.index.type(f"first_{j}") for j, stream in enumerate(target.streams)]
+        second = [stream.index.type(f"second_{j}") for j, stream in enumerate(target.streams)]
         _, gradient_first = target.at(target.position, first)
         _, gradient_second = target.at(target.position, second)
         return pytensor.function(
