@@ -1,11 +1,23 @@
 """Stochastic-gradient MCMC for PyMC.
 
 Feed data through ``pm.Minibatch(...)`` with ``total_size=N`` and sample with
-``pm.sample(step=pymc_sgmcmc.SGLD(step_size=...))`` or ``SGHMC(...)``.
+``pm.sample(step=pymc_sgmcmc.SGLD(step_size=...))`` or ``SGHMC(...)``;
+``select_step_size`` chooses the step size by the kernel Stein discrepancy of short runs.
 """
 
-from pymc_sgmcmc import schedules
-from pymc_sgmcmc.step_methods import SGHMC, SGLD, SamplerDivergenceError
+from pymc_sgmcmc import diagnostics, schedules
+from pymc_sgmcmc.step_methods import SGHMC, SGLD, MinibatchNoiseWarning, SamplerDivergenceError
+from pymc_sgmcmc.tuning import StepSizeSelection, scale_step_size_for_budget, select_step_size
 
-__all__ = ["SGLD", "SGHMC", "SamplerDivergenceError", "schedules"]
+__all__ = [
+    "SGLD",
+    "SGHMC",
+    "MinibatchNoiseWarning",
+    "SamplerDivergenceError",
+    "StepSizeSelection",
+    "diagnostics",
+    "scale_step_size_for_budget",
+    "schedules",
+    "select_step_size",
+]
 __version__ = "0.1.0"

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
+
+import arviz as az
 import numpy as np
+import pymc as pm
+import pytest
 import scipy.linalg
+import xarray as xr
 
 #: Number of Monte Carlo standard errors a statistic may stray from its expected value.
 Z_TOLERANCE = 4.0
+
+ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1
 
 
 def seed_for(name: str) -> int:
@@ -107,3 +115,47 @@ def sghmc_stationary_covariance(
         transition, loading @ momentum_noise @ loading.T
     )
     return covariance
+
+
+def make_idata(**groups):
+    """``arviz.from_dict`` on both ArviZ lines (1.x takes one dict of groups)."""
+    if ARVIZ_1:
+        return az.from_dict(groups)
+    return az.from_dict(**groups)
+
+
+def saved_and_loaded(idata, tmp_path):
+    """Write ``idata`` with an available backend and read it back."""
+    if ARVIZ_1:
+        pytest.importorskip("zarr")
+        path = tmp_path / "trace.zarr"
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata")
+            idata.to_zarr(path)
+            return xr.open_datatree(path, engine="zarr")
+    pytest.importorskip("h5netcdf")
+    path = tmp_path / "trace.nc"
+    idata.to_netcdf(str(path), engine="h5netcdf")
+    return az.from_netcdf(str(path), engine="h5netcdf")
+
+
+def minibatch_mean_model(data, *, batch_size, prior_sd):
+    """``y_i ~ N(mu, 1)`` through ``pm.Minibatch``, ``mu ~ N(0, prior_sd²)``: conjugate, and
+    the per-datum score ``y_i − mu`` has the same variance ``var(y)`` at every ``mu``."""
+    with pm.Model() as model:
+        y_batch = pm.Minibatch(data, batch_size=batch_size)
+        mu = pm.Normal("mu", 0, prior_sd)
+        pm.Normal("y", mu, 1.0, observed=y_batch, total_size=len(data))
+    return model
+
+
+def assert_restoring_replays_the_next_draw(step, point) -> None:
+    """Save the step's state, take two draws, restore it: the next draw comes again."""
+    saved = step.sampling_state
+    next_point, next_stats = step.step(point)
+    step.step(next_point)
+    step.sampling_state = saved
+    replayed_point, replayed_stats = step.step(point)
+    for name in point:
+        np.testing.assert_array_equal(replayed_point[name], next_point[name])
+    assert replayed_stats == next_stats

@@ -12,7 +12,7 @@ import pymc_sgmcmc as sgmc
 
 matplotlib.use("Agg")
 
-FLOAT_STATS = {"step_size", "minibatch_logp", "grad_norm"}
+FLOAT_STATS = {"step_size", "minibatch_logp", "grad_norm", "noise_ratio"}
 ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1
 
 

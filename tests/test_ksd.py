@@ -1,15 +1,12 @@
 """Kernel Stein discrepancy: exact algebra, Gaussian behaviour, PyMC models, storage."""
 
-import warnings
-
-import arviz as az
 import numpy as np
 import pymc as pm
 import pytensor
 import pytest
 import xarray as xr
 
-from helpers import seed_for
+from helpers import make_idata, minibatch_mean_model, saved_and_loaded, seed_for
 
 from pymc_sgmcmc.diagnostics import KSDResult, add_ksd_to_idata, ksd
 from pymc_sgmcmc.diagnostics.ksd import (
@@ -19,15 +16,6 @@ from pymc_sgmcmc.diagnostics.ksd import (
     imq_stein_kernel_matrix,
     kernel_stein_discrepancy,
 )
-
-ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1
-
-
-def make_idata(**groups):
-    """``arviz.from_dict`` on both ArviZ lines (1.x takes one dict of groups)."""
-    if ARVIZ_1:
-        return az.from_dict(groups)
-    return az.from_dict(**groups)
 
 
 def standardized(x, b):
@@ -199,11 +187,7 @@ def data():
 @pytest.fixture(scope="module")
 def mean_model(data):
     """y_i ~ N(mu, 1) through pm.Minibatch; conjugate, posterior known exactly."""
-    with pm.Model() as model:
-        y_batch = pm.Minibatch(data, batch_size=BATCH)
-        mu = pm.Normal("mu", 0, PRIOR_SD)
-        pm.Normal("y", mu, 1.0, observed=y_batch, total_size=N)
-    return model
+    return minibatch_mean_model(data, batch_size=BATCH, prior_sd=PRIOR_SD)
 
 
 def mean_posterior(data):
@@ -352,21 +336,6 @@ def test_ksd_errors(data, mean_model):
 
 
 # ---------------------------------------------------------------- storage in the trace
-
-
-def saved_and_loaded(idata, tmp_path):
-    """Write ``idata`` with an available backend and read it back."""
-    if ARVIZ_1:
-        pytest.importorskip("zarr")
-        path = tmp_path / "trace.zarr"
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Consolidated metadata")
-            idata.to_zarr(path)
-            return xr.open_datatree(path, engine="zarr")
-    pytest.importorskip("h5netcdf")
-    path = tmp_path / "trace.nc"
-    idata.to_netcdf(str(path), engine="h5netcdf")
-    return az.from_netcdf(str(path), engine="h5netcdf")
 
 
 @pytest.mark.parametrize("with_sample_stats", [True, False])

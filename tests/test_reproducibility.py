@@ -4,7 +4,7 @@ import numpy as np
 import pymc as pm
 import pytest
 
-from helpers import seed_for
+from helpers import assert_restoring_replays_the_next_draw, seed_for
 
 import pymc_sgmcmc as sgmc
 
@@ -98,11 +98,4 @@ def test_restoring_the_sampling_state_replays_the_next_draw(model, sampler):
     point = model.initial_point()
     for _ in range(4):
         point, _ = step.step(point)
-    saved = step.sampling_state
-    next_point, next_stats = step.step(point)
-    step.step(next_point)
-    step.sampling_state = saved
-    replayed_point, replayed_stats = step.step(point)
-    for name in point:
-        np.testing.assert_array_equal(replayed_point[name], next_point[name])
-    assert replayed_stats == next_stats
+    assert_restoring_replays_the_next_draw(step, point)

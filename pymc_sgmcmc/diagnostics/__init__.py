@@ -2,8 +2,12 @@
 
 ``ksd`` is the kernel Stein discrepancy (Gorham & Mackey 2017) of a PyMC posterior: it
 measures the bias of approximate samplers, which ESS and R-hat cannot see.
+``noise_summary`` summarises the ``noise_ratio`` sampler stat (minibatch noise over
+injected noise), ``weighted_posterior_mean`` weights draws by their step size (Welling &
+Teh 2011), and ``plot_ksd_by_step_size`` / ``plot_noise_ratio`` draw them.
 """
 
+from pymc_sgmcmc.diagnostics.estimates import weighted_posterior_mean
 from pymc_sgmcmc.diagnostics.ksd import (
     KSDResult,
     add_ksd_to_idata,
@@ -11,11 +15,19 @@ from pymc_sgmcmc.diagnostics.ksd import (
     kernel_stein_discrepancy,
     ksd,
 )
+from pymc_sgmcmc.diagnostics.noise import NoiseSummary, add_noise_summary_to_idata, noise_summary
+from pymc_sgmcmc.diagnostics.plots import plot_ksd_by_step_size, plot_noise_ratio
 
 __all__ = [
     "KSDResult",
+    "NoiseSummary",
     "add_ksd_to_idata",
+    "add_noise_summary_to_idata",
     "imq_stein_kernel_matrix",
     "kernel_stein_discrepancy",
     "ksd",
+    "noise_summary",
+    "plot_ksd_by_step_size",
+    "plot_noise_ratio",
+    "weighted_posterior_mean",
 ]

@@ -50,6 +50,8 @@ from pytensor.graph.replace import clone_replace, vectorize_graph
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor.type import discrete_dtypes
 
+from pymc_sgmcmc.diagnostics._trace import has_group
+
 __all__ = [
     "KSDResult",
     "add_ksd_to_idata",
@@ -305,20 +307,12 @@ def add_ksd_to_idata(idata, result: KSDResult, *, group: str | None = None):
     if not isinstance(result, KSDResult):
         raise TypeError(f"`result` must be a KSDResult, got {type(result).__name__}.")
     if group is None:
-        group = "sample_stats" if _has_group(idata, "sample_stats") else "posterior"
-    if not _has_group(idata, group):
+        group = "sample_stats" if has_group(idata, "sample_stats") else "posterior"
+    if not has_group(idata, group):
         raise ValueError(f"`idata` has no group {group!r}.")
     # InferenceData: the group's Dataset; DataTree: the child node, whose attrs are its own.
     idata[group].attrs.update(result.to_attrs())
     return idata
-
-
-def _has_group(idata, group: str) -> bool:
-    try:
-        idata[group]
-    except KeyError:
-        return False
-    return True
 
 
 def ksd(
@@ -412,7 +406,62 @@ def ksd(
     >>> result.pooled, result.per_chain  # doctest: +SKIP
     >>> add_ksd_to_idata(idata, result)  # doctest: +SKIP
     """
-    model = modelcontext(model)
+    return _ksd_with(
+        _FullDataScore(modelcontext(model)),
+        idata,
+        var_names=var_names,
+        standardize=standardize,
+        c=c,
+        thin=thin,
+        max_draws=max_draws,
+        chunk_size=chunk_size,
+        random_seed=random_seed,
+    )
+
+
+class _FullDataScore:
+    """A model's full-data version with its transform and score functions, compiled once.
+
+    Compiling them is most of the cost of :func:`ksd` on a short trace; one instance
+    scores many traces of a model (as :func:`pymc_sgmcmc.select_step_size` does).
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.full_model = _full_data_model(model)
+        self.shapes = self.full_model.eval_rv_shapes()
+        self.value_names = [var.name for var in model.value_vars]
+        self.rv_names = [model.values_to_rvs[var].name for var in model.value_vars]
+        self._unconstrained = None
+        self._scores = None
+
+    def unconstrained(self, constrained):
+        if self._unconstrained is None:
+            self._unconstrained = _unconstrained_function(
+                self.full_model, self.rv_names, self.value_names
+            )
+        return self._unconstrained(constrained)
+
+    def scores(self, positions, chunk_size):
+        if self._scores is None:
+            self._scores = _score_function(self.full_model, self.value_names, self.shapes)
+        return self._scores(positions, chunk_size)
+
+
+def _ksd_with(
+    scorer: _FullDataScore,
+    idata,
+    *,
+    var_names,
+    standardize,
+    c,
+    thin,
+    max_draws,
+    chunk_size,
+    random_seed,
+) -> KSDResult:
+    """:func:`ksd` with the model's compiled functions given."""
+    model = scorer.model
     c, beta = _check_kernel_parameters(c, -0.5)
     thin = _check_optional_positive_int("thin", thin)
     max_draws = _check_optional_positive_int("max_draws", max_draws)
@@ -427,8 +476,7 @@ def ksd(
         raise ValueError(
             f"KSD needs the score of every free variable, but {discrete} are discrete."
         )
-    value_names = [var.name for var in model.value_vars]
-    rv_names = [model.values_to_rvs[var].name for var in model.value_vars]
+    value_names, rv_names = scorer.value_names, scorer.rv_names
     selected = _selected_value_names(var_names, rv_names, value_names)
 
     posterior = idata if isinstance(idata, xr.Dataset) else idata["posterior"]
@@ -438,8 +486,7 @@ def ksd(
     draw_index = _draw_index(posterior.sizes["draw"], thin, max_draws, random_seed)
     n_chains, n_draws = posterior.sizes["chain"], len(draw_index)
 
-    full_model = _full_data_model(model)
-    shapes = full_model.eval_rv_shapes()
+    shapes = scorer.shapes
     constrained = []
     for name in rv_names:
         values = posterior[name].transpose("chain", "draw", ...).values[:, draw_index]
@@ -453,13 +500,13 @@ def ksd(
             raise ValueError(f"Posterior draws of {name!r} contain non-finite values.")
         constrained.append(values.reshape(n_chains * n_draws, *expected))
 
-    unconstrained = _to_unconstrained(full_model, rv_names, value_names, constrained)
+    unconstrained = scorer.unconstrained(constrained)
     sizes = [int(np.prod(shapes[name], dtype=int)) for name in value_names]
     positions = np.concatenate(
         [u.reshape(n_chains * n_draws, size) for u, size in zip(unconstrained, sizes, strict=True)],
         axis=1,
     ).astype(np.float64)
-    scores = _full_data_scores(full_model, value_names, shapes, positions, chunk_size)
+    scores = scorer.scores(positions, chunk_size)
     if not np.all(np.isfinite(scores)):
         raise ValueError(
             "The full-data log density has a non-finite gradient at some draws (draws "
@@ -567,9 +614,14 @@ def _batched_function(inputs, outputs):
 
 def _to_unconstrained(model, rv_names, value_names, constrained) -> list[np.ndarray]:
     """Apply each variable's forward transform to its draws (leading axis: draws)."""
+    return _unconstrained_function(model, rv_names, value_names)(constrained)
+
+
+def _unconstrained_function(model, rv_names, value_names):
+    """Compiled :func:`_to_unconstrained` of a model: a function of the constrained draws."""
     rvs = [model[name] for name in rv_names]
     if all(model.rvs_to_transforms.get(rv) is None for rv in rvs):
-        return [np.asarray(a) for a in constrained]
+        return lambda constrained: [np.asarray(a) for a in constrained]
     # Untransformed value variables share their variable's name: look them up by value.
     value_vars = {var.name: var for var in model.value_vars}
     placeholders = {rv: rv.type() for rv in rvs}
@@ -584,12 +636,21 @@ def _to_unconstrained(model, rv_names, value_names, constrained) -> list[np.ndar
     outputs = clone_replace(outputs, replace=placeholders)
     inputs = [placeholders[rv] for rv in rvs]
     function = _batched_function(inputs, outputs)
-    arrays = [np.asarray(a, dtype=rv.dtype) for a, rv in zip(constrained, rvs, strict=True)]
-    return [np.asarray(out) for out in function(*arrays)]
+
+    def unconstrained(constrained):
+        arrays = [np.asarray(a, dtype=rv.dtype) for a, rv in zip(constrained, rvs, strict=True)]
+        return [np.asarray(out) for out in function(*arrays)]
+
+    return unconstrained
 
 
 def _full_data_scores(model, value_names, shapes, positions, chunk_size) -> np.ndarray:
     """``∇ log π(θ)`` of the full-data model at each raveled position (rows)."""
+    return _score_function(model, value_names, shapes)(positions, chunk_size)
+
+
+def _score_function(model, value_names, shapes):
+    """Compiled :func:`_full_data_scores` of a model: a function of positions and chunk size."""
     dtype = pytensor.config.floatX
     position = pt.vector("position", dtype=dtype)
     value_vars = {var.name: var for var in model.value_vars}
@@ -604,9 +665,13 @@ def _full_data_scores(model, value_names, shapes, positions, chunk_size) -> np.n
     logp = clone_replace(model.logp(jacobian=True), replacements)
     gradient = pt.grad(logp.astype(dtype), position)
     function = _batched_function([position], [gradient])
-    positions = positions.astype(dtype)
-    chunks = [
-        np.asarray(function(positions[start : start + chunk_size])[0], dtype=np.float64)
-        for start in range(0, positions.shape[0], chunk_size)
-    ]
-    return np.concatenate(chunks, axis=0)
+
+    def scores(positions, chunk_size):
+        positions = positions.astype(dtype)
+        chunks = [
+            np.asarray(function(positions[start : start + chunk_size])[0], dtype=np.float64)
+            for start in range(0, positions.shape[0], chunk_size)
+        ]
+        return np.concatenate(chunks, axis=0)
+
+    return scores

@@ -1,7 +1,17 @@
 """PyMC step methods: thin adapters around the update rules."""
 
-from pymc_sgmcmc.step_methods.base import SamplerDivergenceError, StochasticGradientStep
+from pymc_sgmcmc.step_methods.base import (
+    MinibatchNoiseWarning,
+    SamplerDivergenceError,
+    StochasticGradientStep,
+)
 from pymc_sgmcmc.step_methods.sghmc import SGHMC
 from pymc_sgmcmc.step_methods.sgld import SGLD
 
-__all__ = ["SGLD", "SGHMC", "SamplerDivergenceError", "StochasticGradientStep"]
+__all__ = [
+    "SGLD",
+    "SGHMC",
+    "MinibatchNoiseWarning",
+    "SamplerDivergenceError",
+    "StochasticGradientStep",
+]

@@ -5,11 +5,16 @@ builds the minibatch log posterior (:mod:`pymc_sgmcmc.gradients`), compiles
 ``steps_per_draw`` applications of an update rule (:mod:`pymc_sgmcmc.dynamics`) into one
 PyTensor function, and on each ``pm.sample`` draw feeds it step sizes from the schedule,
 standard normal noise and minibatch indices from the chain's own generator.
+
+It also measures the minibatch gradient noise: every ``noise_estimate_interval`` draws it
+takes two independent minibatch gradients at the chain's position, and records how the
+noise they carry compares with the noise the sampler injects (the ``noise_ratio`` stat).
 """
 
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 import pytensor
@@ -20,18 +25,44 @@ from pymc.exceptions import SamplingError
 from pymc.model import modelcontext
 from pymc.step_methods.compound import BlockedStep, Competence, StepMethodState
 from pymc.step_methods.state import dataclass_state
-from pymc.util import get_random_generator, get_value_vars_from_user_vars
+from pymc.util import RandomGeneratorState, get_random_generator, get_value_vars_from_user_vars
 from pytensor.tensor.type import discrete_dtypes
 
 from pymc_sgmcmc._compat import DIVERGING_DTYPE, sampling_chain_index
 from pymc_sgmcmc.gradients import MinibatchLogPosterior
 from pymc_sgmcmc.schedules import as_schedule, evaluate_schedule
 
-__all__ = ["StochasticGradientStep", "StochasticGradientState", "SamplerDivergenceError"]
+__all__ = [
+    "MinibatchNoiseWarning",
+    "NOISE_RATIO_WARNING_THRESHOLD",
+    "SamplerDivergenceError",
+    "StochasticGradientState",
+    "StochasticGradientStep",
+]
+
+#: Gradient pairs averaged at the end of tuning: the first estimate of the sampling phase
+#: (and the fewest behind SGHMC's frozen ``gradient_noise="estimate"``). With ``d``
+#: coordinates the estimate of the mean ``V`` has relative standard error about
+#: ``sqrt(2 / (20 d))``, at most 32%.
+END_OF_TUNING_NOISE_PAIRS = 20
+
+#: A chain whose minibatch noise, measured after tuning, raises the effective temperature
+#: by more than this fraction of ``T`` gets a :class:`MinibatchNoiseWarning`: at 1 the
+#: minibatch noise equals the injected noise and the chain runs at about twice its
+#: temperature.
+NOISE_RATIO_WARNING_THRESHOLD = 1.0
 
 
 class SamplerDivergenceError(SamplingError):
     """A chain's position or momentum became non-finite; the chain was stopped."""
+
+
+class MinibatchNoiseWarning(UserWarning):
+    """Minibatch gradient noise dominates the injected noise: the draws are too wide.
+
+    A subclass of ``UserWarning``, so that it can be filtered on its own, e.g.
+    ``warnings.filterwarnings("ignore", category=MinibatchNoiseWarning)``.
+    """
 
 
 def check_non_negative(name: str, value) -> float:
@@ -53,6 +84,18 @@ def check_positive_array(name: str, value, size: int) -> np.ndarray:
     if not np.all(np.isfinite(array)) or np.any(array <= 0):
         raise ValueError(f"`{name}` must be positive and finite, got {value!r}.")
     return array
+
+
+def check_noise_estimate_interval(value) -> int | None:
+    """``None`` (or 0) turns the noise estimate off; otherwise a positive number of draws."""
+    if value is None or (isinstance(value, numbers.Integral) and value == 0):
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(
+            "`noise_estimate_interval` must be a positive integer (draws between gradient-noise "
+            f"estimates), or 0 or None to turn the estimate off; got {value!r}."
+        )
+    return int(value)
 
 
 def check_covers_model(name: str, model, value_vars) -> None:
@@ -82,14 +125,24 @@ class StochasticGradientState(StepMethodState):
     _sg_step: int
     _chain: int | None
     _auxiliary: list
+    _last_position: np.ndarray | None
+    # The gradient-noise estimate: its own generator, so that measuring the noise never
+    # changes the chain's draws; the latest estimate (mean over coordinates) and the sum
+    # of the per-coordinate estimates of the current phase (tuning, then sampling).
+    _noise_rng: RandomGeneratorState
+    _latest_gradient_variance: float
+    _gradient_variance_sum: np.ndarray
+    _gradient_variance_count: int
+    _noise_warned: bool
 
 
 class StochasticGradientStep(BlockedStep):
     """Base class: minibatch gradients, schedules and the compiled multi-step kernel.
 
     Subclasses define the update rule through ``_transition``, its numeric
-    ``_parameters``, any auxiliary state (``_auxiliary_names``, ``_initial_auxiliary``)
-    and extra stats.
+    ``_parameters``, any auxiliary state (``_auxiliary_names``, ``_initial_auxiliary``),
+    extra stats, and how minibatch noise compares with their injected noise
+    (``_noise_ratio``, ``_relative_excess_temperature``).
     """
 
     name = "stochastic_gradient"
@@ -100,11 +153,13 @@ class StochasticGradientStep(BlockedStep):
         "minibatch_logp": (np.float64, []),
         "grad_norm": (np.float64, []),
         "diverging": (DIVERGING_DTYPE, []),
+        "noise_ratio": (np.float64, []),
         "tune": (bool, []),
     }
     _auxiliary_names: tuple[str, ...] = ()
     _state_class = StochasticGradientState
     _divergence_advice = "Lower step_size (e.g. by a factor of 10)"
+    _noise_advice = "Lower step_size, or raise the batch_size of pm.Minibatch"
 
     def __init__(
         self,
@@ -114,6 +169,7 @@ class StochasticGradientStep(BlockedStep):
         temperature: float = 1.0,
         steps_per_draw: int = 1,
         initial_jitter: float = 1.0,
+        noise_estimate_interval: int | None = 20,
         model=None,
         rng=None,
         blocked: bool = True,
@@ -137,6 +193,7 @@ class StochasticGradientStep(BlockedStep):
             raise ValueError(f"`steps_per_draw` must be an integer >= 1, got {steps_per_draw!r}.")
         self.steps_per_draw = int(steps_per_draw)
         self.initial_jitter = check_non_negative("initial_jitter", initial_jitter)
+        self.noise_estimate_interval = check_noise_estimate_interval(noise_estimate_interval)
 
         self._target = MinibatchLogPosterior(model, self.vars)
         self._dtype = self._target.dtype
@@ -145,8 +202,11 @@ class StochasticGradientStep(BlockedStep):
         self._default_start = DictToArrayBijection.map(
             {var.name: initial_point[var.name] for var in self.vars}
         ).data
+        self._compile_kwargs = compile_kwargs or {}
         self._configure()
-        self._kernel = self._compile_kernel(compile_kwargs or {})
+        self._kernel = self._compile_kernel(self._compile_kwargs)
+        # Compiled on first use: many runs never estimate the gradient noise.
+        self._gradient_pair_function = None
         self.tune = False
         self._start_chain(rng)
 
@@ -164,6 +224,8 @@ class StochasticGradientStep(BlockedStep):
 
     def _refresh_parameters(self) -> None:
         self._parameter_values = list(self._parameters().values())
+        # The parameters enter the noise ratio: recompute it at the next draw.
+        self._noise_ratio_cache = None
 
     def _transition(self, position, auxiliary, gradient, step_size, noise, parameters):
         """The update rule as a graph; ``parameters`` maps names to symbolic inputs."""
@@ -176,12 +238,29 @@ class StochasticGradientStep(BlockedStep):
         """Symbolic scalar stats of the final state of a draw."""
         return {}
 
-    def _after_draw(self, position: np.ndarray) -> None:
-        """Called after each draw (e.g. to estimate gradient noise while tuning)."""
-
     def _draw_stats(self, step_size: float) -> dict:
         """Sampler-specific stats computed outside the kernel."""
         return {}
+
+    def _noise_ratio(self, step_size: float, gradient_variance: float) -> float:
+        """Variance the minibatch noise adds per step over the variance injected per step,
+        summed over coordinates, given ``V`` averaged over coordinates."""
+        raise NotImplementedError
+
+    def _relative_excess_temperature(self, step_size: float, gradient_variance: float) -> float:
+        """``(T_eff − T) / T``: how much the minibatch noise heats the chain; what the
+        :class:`MinibatchNoiseWarning` is about. Where nothing corrects for minibatch
+        noise it is the noise ratio itself."""
+        return self._noise_ratio(step_size, gradient_variance)
+
+    def _noise_pair_due(self) -> bool:
+        """Whether to take a gradient pair after the current draw (``self._draw`` of them done)."""
+        interval = self.noise_estimate_interval
+        return interval is not None and (self._draw - 1) % interval == 0
+
+    def _finish_tuning_noise_estimate(self, position: np.ndarray) -> None:
+        """Called when tuning ends, before the noise estimate restarts for the sampling phase
+        (SGHMC freezes its ``gradient_noise="estimate"`` here)."""
 
     # ---- compilation ----------------------------------------------------------------
     def _compile_kernel(self, compile_kwargs: dict):
@@ -251,10 +330,17 @@ class StochasticGradientStep(BlockedStep):
     # ---- per-chain state --------------------------------------------------------------
     def _start_chain(self, rng) -> None:
         self.rng = get_random_generator(rng, copy=False)
+        # A child of the chain's generator: the same seed gives the same noise estimates,
+        # and drawing their minibatches leaves the chain's own stream (its draws) untouched.
+        self._noise_rng = self.rng.spawn(1)[0]
         self._chain = sampling_chain_index()
         self._draw = 0
         self._sg_step = 0
         self._auxiliary: list[np.ndarray] = []
+        self._last_position = None
+        self._latest_gradient_variance = np.nan
+        self._restart_noise_estimate()
+        self._noise_warned = False
         self._refresh_parameters()
 
     @property
@@ -282,6 +368,16 @@ class StochasticGradientStep(BlockedStep):
                 -self.initial_jitter, self.initial_jitter, position.shape
             )
         return position.astype(self._dtype)
+
+    def _reconfigure(self, *, step_size) -> None:
+        """Use another step size from the next chain on, keeping the compiled kernel.
+
+        For :func:`pymc_sgmcmc.select_step_size`, which runs one step method over many
+        candidate step sizes: the schedule is evaluated outside the kernel.
+        """
+        self.step_size = as_schedule(step_size)
+        self._configure()
+        self._refresh_parameters()
 
     # ---- the step ---------------------------------------------------------------------
     def step(self, point):
@@ -315,12 +411,18 @@ class StochasticGradientStep(BlockedStep):
         self._auxiliary = new_auxiliary
         self._sg_step += steps
         self._draw += 1
-        self._after_draw(new_position)
+        self._last_position = new_position
+        step_size = float(step_sizes[-1])
+        if self._noise_pair_due():
+            self._add_gradient_pairs(new_position, 1)
+            if not self.tune:
+                self._warn_if_noisy(step_size)
         stats = {
-            "step_size": float(step_sizes[-1]),
+            "step_size": step_size,
             "minibatch_logp": float(logp),
             "grad_norm": float(grad_norm),
             "diverging": DIVERGING_DTYPE(False),
+            "noise_ratio": self._recorded_noise_ratio(step_size),
             "tune": bool(self.tune),
         }
         stats.update(zip(self._stat_names, map(float, extra_stats), strict=True))
@@ -349,6 +451,124 @@ class StochasticGradientStep(BlockedStep):
             f"{' and '.join(bad)} became non-finite within {steps} at "
             f"step_size={step_size:.4g}. {self._divergence_advice}. The chain was stopped "
             "before any non-finite value reached the trace."
+        )
+
+    # ---- minibatch gradient noise ------------------------------------------------------
+    def _compile_gradient_pair(self):
+        """``½ (g₁ − g₂)²`` per coordinate, for two minibatch gradients at one position."""
+        target = self._target
+        first = [stream.index.type(f"first_{j}") for j, stream in enumerate(target.streams)]
+        second = [stream.index.type(f"second_{j}") for j, stream in enumerate(target.streams)]
+        gradient_first = target.gradient_at(target.position, first)
+        gradient_second = target.gradient_at(target.position, second)
+        return pytensor.function(
+            [target.position, *first, *second],
+            0.5 * (gradient_first - gradient_second) ** 2,
+            on_unused_input="ignore",
+            **self._compile_kwargs,
+        )
+
+    def _add_gradient_pairs(self, position: np.ndarray, pairs: int) -> None:
+        """Estimate ``V`` at ``position`` from ``pairs`` pairs of independent minibatches.
+
+        For two independent minibatch gradients ``g₁, g₂`` at the same ``θ``,
+        ``E[½ (g₁ − g₂)²] = V(θ)`` per coordinate. The estimate becomes the latest one
+        (recorded in ``noise_ratio`` until the next) and joins the running sum of the phase.
+        """
+        if not self._target.streams:
+            # Exact gradients: no minibatch noise at all, nothing to compile or draw.
+            variance = np.zeros(self._size)
+        else:
+            if self._gradient_pair_function is None:
+                self._gradient_pair_function = self._compile_gradient_pair()
+            indices = self._target.draw_indices(self._noise_rng, 2 * pairs)
+            variance = np.zeros(self._size)
+            for pair in range(pairs):
+                first = [index[2 * pair] for index in indices]
+                second = [index[2 * pair + 1] for index in indices]
+                variance += self._gradient_pair_function(position, *first, *second)
+            variance /= pairs
+        self._latest_gradient_variance = float(np.mean(variance))
+        self._gradient_variance_sum += pairs * variance
+        self._gradient_variance_count += pairs
+
+    def _restart_noise_estimate(self) -> None:
+        self._gradient_variance_sum = np.zeros(self._size)
+        self._gradient_variance_count = 0
+
+    def _recorded_noise_ratio(self, step_size: float) -> float:
+        """The ``noise_ratio`` stat: nan when not estimated or when nothing is injected."""
+        if self.noise_estimate_interval is None:
+            return np.nan
+        if not self._target.streams:
+            return 0.0
+        # It changes only with a new estimate or step size: most draws reuse it, keeping
+        # the per-draw cost of the stat to a comparison.
+        key = (step_size, self._latest_gradient_variance)
+        if self._noise_ratio_cache is None or self._noise_ratio_cache[0] != key:
+            ratio, _ = self._noise_measures(*key)
+            # ArviZ summaries and plots handle nan, not inf.
+            self._noise_ratio_cache = (key, ratio if np.isfinite(ratio) else np.nan)
+        return self._noise_ratio_cache[1]
+
+    def _noise_measures(self, step_size: float, gradient_variance: float) -> tuple[float, float]:
+        """``(noise_ratio, relative excess temperature)``; inf or nan where ``T = 0``."""
+        # NumPy scalars divide by zero to inf/nan, where Python floats raise.
+        step_size, gradient_variance = np.float64(step_size), np.float64(gradient_variance)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (
+                float(self._noise_ratio(step_size, gradient_variance)),
+                float(self._relative_excess_temperature(step_size, gradient_variance)),
+            )
+
+    def _next_step_size(self) -> float:
+        return float(evaluate_schedule(self.step_size, np.array([self._sg_step]))[0])
+
+    def stop_tuning(self) -> None:
+        """PyMC's hook when tuning ends: measure the gradient noise where sampling begins.
+
+        The noise estimate restarts for the sampling phase from
+        ``END_OF_TUNING_NOISE_PAIRS`` gradient pairs at the chain's last tuning position,
+        and a :class:`MinibatchNoiseWarning` is raised at once if it is too large.
+        """
+        super().stop_tuning()
+        position = self._last_position
+        if position is None:
+            # No tuning draws (tune=0): PyMC calls this before the first draw.
+            position = self._default_start.astype(self._dtype)
+        self._finish_tuning_noise_estimate(position)
+        self._restart_noise_estimate()
+        if self.noise_estimate_interval is not None and self._draw > 0:
+            self._add_gradient_pairs(position, END_OF_TUNING_NOISE_PAIRS)
+            self._warn_if_noisy(self._next_step_size())
+
+    def _warn_if_noisy(self, step_size: float) -> None:
+        """Warn once per chain when the sampling phase's mean ``V`` heats the chain too much.
+
+        Uses the running mean of the phase, not the latest (noisy) pair, and waits for
+        ``END_OF_TUNING_NOISE_PAIRS`` pairs, so that a chain near the threshold is not
+        flagged by chance.
+        """
+        count = self._gradient_variance_count
+        if self._noise_warned or count < END_OF_TUNING_NOISE_PAIRS:
+            return
+        gradient_variance = np.mean(self._gradient_variance_sum / count)
+        ratio, excess = self._noise_measures(step_size, gradient_variance)
+        # Infinite at T = 0: optimisation injects no noise on purpose, nothing to warn about.
+        if not (np.isfinite(excess) and excess > NOISE_RATIO_WARNING_THRESHOLD):
+            return
+        self._noise_warned = True
+        chain = "" if self._chain is None else f" chain {self._chain}"
+        warnings.warn(
+            f"{type(self).__name__}{chain}: minibatch gradient noise dominates the injected "
+            f"noise (noise_ratio = {ratio:.3g}, from {count} gradient pairs after tuning at "
+            f"step_size={step_size:.4g}; it is the variance the minibatch noise adds per step "
+            "over the variance the sampler injects). It raises the effective temperature to "
+            f"about {1 + excess:.3g} times the target's, so the draws are too wide and the "
+            f"chain behaves more like SGD than a sampler. {self._noise_advice}. The "
+            "noise_ratio sampler stat records it per draw.",
+            MinibatchNoiseWarning,
+            stacklevel=2,
         )
 
     @staticmethod

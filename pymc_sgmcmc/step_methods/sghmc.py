@@ -5,14 +5,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pytensor
 import pytensor.tensor as pt
 
 from pymc.step_methods.state import dataclass_state
 
 from pymc_sgmcmc.dynamics import sghmc_update
-from pymc_sgmcmc.schedules import evaluate_schedule
 from pymc_sgmcmc.step_methods.base import (
+    END_OF_TUNING_NOISE_PAIRS,
     StochasticGradientState,
     StochasticGradientStep,
     check_non_negative,
@@ -21,18 +20,12 @@ from pymc_sgmcmc.step_methods.base import (
 
 __all__ = ["SGHMC"]
 
-# Gradient pairs taken at the end of tuning when tuning gave fewer draws than this.
-MIN_NOISE_ESTIMATE_PAIRS = 20
-
 
 @dataclass_state
 class SGHMCState(StochasticGradientState):
-    """SGHMC's per-chain state adds the running gradient-noise estimate."""
+    """SGHMC's per-chain state adds the gradient-noise estimate frozen when tuning ends."""
 
     _gradient_variance: np.ndarray
-    _variance_sum: np.ndarray
-    _variance_count: int
-    _last_position: np.ndarray | None
 
 
 class SGHMC(StochasticGradientStep):
@@ -74,11 +67,12 @@ class SGHMC(StochasticGradientStep):
     gradient_noise : float, array or "estimate", default 0.0
         ``B̂ ≥ 0``: 0 (small steps), a given value, or ``"estimate"``: the minibatch
         gradient variance ``V̂ = ½ E[(g₁ − g₂)²]`` is estimated from two independent
-        minibatches at the chain's position after each tuning draw, then frozen when
-        tuning ends; each step then uses ``B̂ = h V̂ / 2`` (0 during tuning).
+        minibatches at the chain's position after each tuning draw (at least
+        20 pairs), then frozen when tuning ends; each step then uses ``B̂ = h V̂ / 2``
+        (0 during tuning).
     temperature : float, default 1.0
         ``T ≥ 0``; ``T = 0`` needs ``gradient_noise=0``.
-    steps_per_draw, initial_jitter, model, rng, compile_kwargs
+    steps_per_draw, initial_jitter, noise_estimate_interval, model, rng, compile_kwargs
         As for :class:`~pymc_sgmcmc.SGLD`.
 
     Notes
@@ -86,6 +80,23 @@ class SGHMC(StochasticGradientStep):
     Sampler stats as for :class:`~pymc_sgmcmc.SGLD`, plus ``kinetic_energy``
     ``½ pᵀ M⁻¹ p`` after the draw (its mean is ``d T / 2`` at stationarity) and
     ``gradient_noise``, the mean over coordinates of the ``B̂`` of the last step.
+
+    ``noise_ratio`` compares the two sources of momentum noise per step: minibatch
+    noise adds ``h² V`` and the sampler injects ``2h (TΓ − B̂)`` (floored at 0), so
+
+    .. math::
+
+        \text{noise\_ratio} = \frac{\sum_j h^2 V_j}{\sum_j 2h\,\max(TΓ_j - \hat B_j, 0)}
+                             = \frac{h\, \bar V}{2\, \overline{\max(TΓ - \hat B, 0)}},
+
+    bars denoting means over coordinates (nan where nothing is injected). The minibatch
+    noise that ``B̂`` does not account for heats the chain to ``T_eff = T + (hV/2 −
+    B̂)/Γ``; with ``B̂ = 0`` that is ``T (1 + noise_ratio)``, as for SGLD. The
+    :class:`~pymc_sgmcmc.step_methods.base.MinibatchNoiseWarning` is about this excess,
+    ``(h V̄/2 − B̂̄) / (T Γ̄) > 1``, so a ``B̂`` that absorbs the noise (e.g.
+    ``gradient_noise="estimate"``) silences it while ``noise_ratio`` still shows how
+    much of the momentum noise comes from minibatches (which ``B̂`` corrects only if the
+    noise is Gaussian with the estimated variance).
 
     References
     ----------
@@ -102,6 +113,10 @@ class SGHMC(StochasticGradientStep):
     _auxiliary_names = ("momentum",)
     _state_class = SGHMCState
     _divergence_advice = "Lower step_size (e.g. by a factor of 10) or raise friction"
+    _noise_advice = (
+        "Lower step_size, raise friction or the batch_size of pm.Minibatch, or pass "
+        'gradient_noise="estimate" to absorb it'
+    )
 
     def __init__(
         self,
@@ -114,6 +129,7 @@ class SGHMC(StochasticGradientStep):
         temperature: float = 1.0,
         steps_per_draw: int = 1,
         initial_jitter: float = 1.0,
+        noise_estimate_interval: int | None = 20,
         model=None,
         rng=None,
         blocked: bool = True,
@@ -128,6 +144,7 @@ class SGHMC(StochasticGradientStep):
             temperature=temperature,
             steps_per_draw=steps_per_draw,
             initial_jitter=initial_jitter,
+            noise_estimate_interval=noise_estimate_interval,
             model=model,
             rng=rng,
             blocked=blocked,
@@ -151,7 +168,6 @@ class SGHMC(StochasticGradientStep):
                     "noise is injected, so there is nothing to subtract the estimate from."
                 )
             self.gradient_noise = np.zeros(())
-            self._noise_pairs = self._compile_noise_pairs()
         else:
             self.gradient_noise = np.asarray(gradient_noise, dtype=float)
             if self.gradient_noise.ndim == 0:
@@ -248,48 +264,48 @@ class SGHMC(StochasticGradientStep):
         scale = np.sqrt(self.temperature * self.mass)
         return [(scale * self.rng.standard_normal(self._size)).astype(self._dtype)]
 
-    # ---- gradient-noise estimate --------------------------------------------------------
-    def _compile_noise_pairs(self):
-        target = self._target
-        first = [stream.index.type(f"first_{j}") for j, stream in enumerate(target.streams)]
-        second = [stream.index.type(f"second_{j}") for j, stream in enumerate(target.streams)]
-        _, gradient_first = target.at(target.position, first)
-        _, gradient_second = target.at(target.position, second)
-        return pytensor.function(
-            [target.position, *first, *second],
-            0.5 * (gradient_first - gradient_second) ** 2,
-            on_unused_input="ignore",
+    # ---- minibatch noise ------------------------------------------------------------------
+    def _injected_noise(self, step_size: float) -> np.ndarray:
+        """``TΓ − B̂`` per coordinate as injected (floored at 0, as in the update)."""
+        injected = self.temperature * self.friction - self._gradient_noise_at(step_size)
+        return np.broadcast_to(np.maximum(injected, 0.0), (self._size,))
+
+    def _noise_ratio(self, step_size: float, gradient_variance: float) -> float:
+        # h² V̄ d / (2h Σ_j max(TΓ_j − B̂_j, 0)): minibatch over injected momentum variance.
+        return step_size * gradient_variance / (2 * np.mean(self._injected_noise(step_size)))
+
+    def _relative_excess_temperature(self, step_size: float, gradient_variance: float) -> float:
+        # (T_eff − T) Γ = h V / 2 − B̂ per coordinate; sums over coordinates, over T ΣΓ.
+        uncorrected = step_size * gradient_variance / 2 - np.mean(
+            np.broadcast_to(self._gradient_noise_at(step_size), (self._size,))
+        )
+        return uncorrected / (
+            self.temperature * np.mean(np.broadcast_to(self.friction, (self._size,)))
         )
 
-    def _add_noise_pair(self, position) -> None:
-        first = [index[0] for index in self._target.draw_indices(self.rng, 1)]
-        second = [index[0] for index in self._target.draw_indices(self.rng, 1)]
-        self._variance_sum += self._noise_pairs(position, *first, *second)
-        self._variance_count += 1
+    def _noise_pair_due(self) -> bool:
+        # gradient_noise="estimate" takes a pair after every tuning draw.
+        return super()._noise_pair_due() or (self.estimate_gradient_noise and self.tune)
 
     def _start_chain(self, rng) -> None:
         self._gradient_variance = np.zeros(self._size, dtype=self._dtype)
-        self._variance_sum = np.zeros(self._size)
-        self._variance_count = 0
-        self._last_position = None
         super()._start_chain(rng)
 
-    def _after_draw(self, position) -> None:
-        self._last_position = position
-        if self.estimate_gradient_noise and self.tune:
-            self._add_noise_pair(position)
-
-    def stop_tuning(self) -> None:
-        super().stop_tuning()
+    def _finish_tuning_noise_estimate(self, position) -> None:
         if not self.estimate_gradient_noise:
             return
-        position = self._last_position
-        if position is None:
-            # No tuning draws: estimate at the start point as it will be jittered.
-            position = self._default_start.astype(self._dtype)
-        while self._variance_count < MIN_NOISE_ESTIMATE_PAIRS:
-            self._add_noise_pair(position)
-        self._gradient_variance = (self._variance_sum / self._variance_count).astype(self._dtype)
+        missing = END_OF_TUNING_NOISE_PAIRS - self._gradient_variance_count
+        if missing > 0:
+            self._add_gradient_pairs(position, missing)
+        self._gradient_variance = (
+            self._gradient_variance_sum / self._gradient_variance_count
+        ).astype(self._dtype)
         self._refresh_parameters()
-        step_size = float(evaluate_schedule(self.step_size, np.array([self._sg_step]))[0])
+        step_size = self._next_step_size()
         self._check_friction(self._gradient_noise_at(step_size), error=False, step_size=step_size)
+
+    def _reconfigure(self, *, step_size, friction=None) -> None:
+        """Use another step size (and friction) from the next chain on, keeping the kernel."""
+        if friction is not None:
+            self._friction_argument = friction
+        super()._reconfigure(step_size=step_size)
