@@ -1,17 +1,31 @@
 """Stochastic-gradient MCMC for PyMC.
 
 Feed data through ``pm.Minibatch(...)`` with ``total_size=N`` and sample with
-``pm.sample(step=pymc_sgmcmc.SGLD(step_size=...))`` or ``SGHMC(...)``;
+``pm.sample(step=pymc_sgmcmc.SGLD(step_size=...))``, ``SGHMC(...)``, ``SGNHT(...)`` or
+``pSGLD(...)``, optionally with ``control_variate=True`` for large N;
 ``select_step_size`` chooses the step size by the kernel Stein discrepancy of short runs.
 """
 
 from pymc_sgmcmc import diagnostics, schedules
-from pymc_sgmcmc.step_methods import SGHMC, SGLD, MinibatchNoiseWarning, SamplerDivergenceError
+from pymc_sgmcmc.gradients import ControlVariate
+from pymc_sgmcmc.preconditioners import RMSprop
+from pymc_sgmcmc.step_methods import (
+    SGHMC,
+    SGLD,
+    SGNHT,
+    MinibatchNoiseWarning,
+    SamplerDivergenceError,
+    pSGLD,
+)
 from pymc_sgmcmc.tuning import StepSizeSelection, scale_step_size_for_budget, select_step_size
 
 __all__ = [
     "SGLD",
     "SGHMC",
+    "SGNHT",
+    "pSGLD",
+    "ControlVariate",
+    "RMSprop",
     "MinibatchNoiseWarning",
     "SamplerDivergenceError",
     "StepSizeSelection",

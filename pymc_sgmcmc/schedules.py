@@ -14,7 +14,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["Schedule", "constant", "polynomial", "as_schedule", "evaluate_schedule"]
+__all__ = [
+    "Schedule",
+    "constant",
+    "cyclical",
+    "polynomial",
+    "as_schedule",
+    "evaluate_schedule",
+]
 
 
 def _positive_finite(name: str, value) -> float:
@@ -91,6 +98,83 @@ class polynomial(Schedule):
 
     def __repr__(self):
         return f"polynomial(a={self.a!r}, b={self.b!r}, gamma={self.gamma!r})"
+
+
+class cyclical(Schedule):
+    """Cosine cycles of step sizes (Zhang, Li, Zhang, Chen & Wilson 2020).
+
+    .. math::
+
+        η_k = \\frac{η_0}{2} \\left[\\cos\\left(\\frac{π\\, (k \\bmod L)}{L}\\right) + 1\\right]
+
+    with ``k`` the SG step count and ``L`` the cycle length. Each cycle starts with large
+    steps that move the chain far (the exploration phase, its first
+    ``exploration_fraction`` of steps) and ends with small, nearly unbiased steps (the
+    sampling phase). A step method run with a cyclical schedule records a
+    ``sampling_phase`` stat per draw; :func:`pymc_sgmcmc.diagnostics.keep_sampling_phase`
+    keeps only those draws. Noise is injected in both phases, so every draw comes from a
+    valid (if biased, while steps are large) sampler; the paper's variant runs the
+    exploration phase as pure optimisation, which ``temperature`` cannot express per
+    phase here.
+
+    Parameters
+    ----------
+    initial_step_size : float
+        ``η₀``, the largest step (at the start of each cycle), positive.
+    cycle_length : int
+        ``L ≥ 1`` SG steps per cycle (with ``steps_per_draw=K``, ``L / K`` draws).
+    exploration_fraction : float, default 0.5
+        ``β ∈ [0, 1)``: the step ``k`` is in the sampling phase when
+        ``(k mod L) / L ≥ β``.
+
+    Examples
+    --------
+    >>> cyclical(0.1, cycle_length=4)(np.arange(5))
+    array([0.1       , 0.08535534, 0.05      , 0.01464466, 0.1       ])
+    >>> cyclical(0.1, cycle_length=4).in_sampling_phase(np.arange(5))
+    array([False, False,  True,  True, False])
+    """
+
+    def __init__(
+        self, initial_step_size: float, cycle_length: int, exploration_fraction: float = 0.5
+    ):
+        self.initial_step_size = _positive_finite("initial_step_size", initial_step_size)
+        if (
+            isinstance(cycle_length, bool)
+            or not isinstance(cycle_length, numbers.Integral)
+            or cycle_length < 1
+        ):
+            raise ValueError(
+                f"`cycle_length` must be an integer >= 1 (SG steps per cycle), got "
+                f"{cycle_length!r}."
+            )
+        self.cycle_length = int(cycle_length)
+        if (
+            isinstance(exploration_fraction, bool)
+            or not isinstance(exploration_fraction, numbers.Real)
+            or not (0.0 <= exploration_fraction < 1.0)
+        ):
+            raise ValueError(
+                f"`exploration_fraction` must lie in [0, 1), got {exploration_fraction!r}."
+            )
+        self.exploration_fraction = float(exploration_fraction)
+
+    def _position_in_cycle(self, step):
+        return np.mod(np.asarray(step), self.cycle_length) / self.cycle_length
+
+    def __call__(self, step):
+        return 0.5 * self.initial_step_size * (np.cos(np.pi * self._position_in_cycle(step)) + 1)
+
+    def in_sampling_phase(self, step):
+        """Whether SG step ``step`` lies in a cycle's sampling phase."""
+        return self._position_in_cycle(step) >= self.exploration_fraction
+
+    def __repr__(self):
+        return (
+            f"cyclical(initial_step_size={self.initial_step_size!r}, "
+            f"cycle_length={self.cycle_length!r}, "
+            f"exploration_fraction={self.exploration_fraction!r})"
+        )
 
 
 def as_schedule(step_size) -> Callable:

@@ -4,7 +4,8 @@
 measures the bias of approximate samplers, which ESS and R-hat cannot see.
 ``noise_summary`` summarises the ``noise_ratio`` sampler stat (minibatch noise over
 injected noise), ``weighted_posterior_mean`` weights draws by their step size (Welling &
-Teh 2011), and ``plot_ksd_by_step_size`` / ``plot_noise_ratio`` draw them.
+Teh 2011), ``keep_sampling_phase`` keeps the sampling-phase draws of a cyclical schedule,
+and ``plot_ksd_by_step_size`` / ``plot_noise_ratio`` draw them.
 """
 
 from pymc_sgmcmc.diagnostics.estimates import weighted_posterior_mean
@@ -16,6 +17,7 @@ from pymc_sgmcmc.diagnostics.ksd import (
     ksd,
 )
 from pymc_sgmcmc.diagnostics.noise import NoiseSummary, add_noise_summary_to_idata, noise_summary
+from pymc_sgmcmc.diagnostics.phases import keep_sampling_phase
 from pymc_sgmcmc.diagnostics.plots import plot_ksd_by_step_size, plot_noise_ratio
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "add_ksd_to_idata",
     "add_noise_summary_to_idata",
     "imq_stein_kernel_matrix",
+    "keep_sampling_phase",
     "kernel_stein_discrepancy",
     "ksd",
     "noise_summary",

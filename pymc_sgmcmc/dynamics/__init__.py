@@ -5,7 +5,15 @@ returns the next state. The rules know nothing about data, minibatches or PyMC, 
 algebra can be checked exactly and many steps can run inside one compiled ``scan``.
 """
 
+from pymc_sgmcmc.dynamics.psgld import preconditioned_sgld_update, rmsprop_preconditioner
 from pymc_sgmcmc.dynamics.sghmc import sghmc_update
 from pymc_sgmcmc.dynamics.sgld import sgld_update
+from pymc_sgmcmc.dynamics.sgnht import sgnht_update
 
-__all__ = ["sgld_update", "sghmc_update"]
+__all__ = [
+    "preconditioned_sgld_update",
+    "rmsprop_preconditioner",
+    "sghmc_update",
+    "sgld_update",
+    "sgnht_update",
+]

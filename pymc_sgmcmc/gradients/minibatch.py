@@ -90,10 +90,13 @@ class MinibatchLogPosterior:
             offset += size
         self.size = offset
 
+        self._value_replacements = dict(replacements)
         logp = model.logp(jacobian=True)
-        self.streams = self._replace_minibatches(logp, replacements)
+        self._replace_minibatches(logp, replacements)
         _warn_missing_total_size(model)
         _warn_unpaired_minibatches(model)
+        # Kept for graphs of other pieces of the log density (full-data passes in chunks).
+        self.model = model
 
         self.logp = clone_replace(logp, replacements).astype(self.dtype)
         leftover = [var for var in ancestors([self.logp]) if isinstance(var.type, RandomType)]
@@ -105,38 +108,50 @@ class MinibatchLogPosterior:
             )
         self.gradient = pt.grad(self.logp, self.position)
 
-    @staticmethod
-    def _replace_minibatches(logp, replacements) -> tuple[MinibatchStream, ...]:
-        """Map each Minibatch output to its data indexed by a fresh index input."""
-        nodes_by_rng: dict = {}
-        for node in io_toposort([], [logp]):
-            if isinstance(node.op, MinibatchOp):
-                # Outputs drawn with one generator are one joint minibatch (e.g. X and y).
-                nodes_by_rng.setdefault(node.inputs[-1], []).append(node)
-
-        shared_data: dict = {}
+    def _replace_minibatches(self, logp, replacements) -> tuple[MinibatchStream, ...]:
+        """Create one stream per Minibatch generator and map its outputs to indexed data."""
+        self._stream_rngs: list = []
+        self._shared_data: dict = {}
         streams = []
-        for number, nodes in enumerate(nodes_by_rng.values()):
-            first = nodes[0]
-            data_size, batch_size = pytensor.function(
-                [], [first.inputs[0].shape[0], first.outputs[0].shape[0]], on_unused_input="ignore"
-            )()
-            # 32-bit indices are drawn faster and move less memory; 64 only when needed.
-            index_dtype = "int32" if data_size < 2**31 else "int64"
-            index = pt.vector(f"minibatch_index_{number}", dtype=index_dtype)
-            for node in nodes:
-                *data, _rng = node.inputs
-                for output, tensor in zip(node.outputs[:-1], data, strict=True):
-                    if isinstance(tensor, TensorConstant):
-                        # pm.Minibatch(numpy_array) embeds the data set as a constant; as a
-                        # shared input it is passed by reference, so the compiled kernel does
-                        # not carry (or hash) the data, and Numba can cache it.
-                        if tensor not in shared_data:
-                            shared_data[tensor] = pytensor.shared(tensor.data, borrow=True)
-                        tensor = shared_data[tensor]
-                    replacements[output] = tensor[index]
-            streams.append(MinibatchStream(index, int(data_size), int(batch_size)))
-        return tuple(streams)
+        for node in io_toposort([], [logp]):
+            if isinstance(node.op, MinibatchOp) and node.inputs[-1] not in self._stream_rngs:
+                # Outputs drawn with one generator are one joint minibatch (e.g. X and y).
+                data_size, batch_size = pytensor.function(
+                    [],
+                    [node.inputs[0].shape[0], node.outputs[0].shape[0]],
+                    on_unused_input="ignore",
+                )()
+                # 32-bit indices are drawn faster and move less memory; 64 only when needed.
+                index_dtype = "int32" if data_size < 2**31 else "int64"
+                index = pt.vector(f"minibatch_index_{len(streams)}", dtype=index_dtype)
+                streams.append(MinibatchStream(index, int(data_size), int(batch_size)))
+                self._stream_rngs.append(node.inputs[-1])
+        self.streams = tuple(streams)
+        replacements.update(self._indexed_data([logp]))
+        return self.streams
+
+    def _indexed_data(self, graphs) -> dict:
+        """Replacements of the Minibatch outputs in ``graphs`` by their data at the index.
+
+        PyMC may rebuild Minibatch nodes when it builds another log-density graph; they
+        are matched to their stream by their random generator, which is kept.
+        """
+        replacements = {}
+        for node in io_toposort([], graphs):
+            if not isinstance(node.op, MinibatchOp):
+                continue
+            index = self.streams[self._stream_rngs.index(node.inputs[-1])].index
+            *data, _rng = node.inputs
+            for output, tensor in zip(node.outputs[:-1], data, strict=True):
+                if isinstance(tensor, TensorConstant):
+                    # pm.Minibatch(numpy_array) embeds the data set as a constant; as a
+                    # shared input it is passed by reference, so the compiled kernel does
+                    # not carry (or hash) the data, and Numba can cache it.
+                    if tensor not in self._shared_data:
+                        self._shared_data[tensor] = pytensor.shared(tensor.data, borrow=True)
+                    tensor = self._shared_data[tensor]
+                replacements[output] = tensor[index]
+        return replacements
 
     @property
     def indices(self) -> list:
@@ -156,6 +171,59 @@ class MinibatchLogPosterior:
     def draw_indices(self, rng: np.random.Generator, steps: int) -> list[np.ndarray]:
         """Indices of every stream for ``steps`` fresh minibatches."""
         return [stream.draw(rng, steps) for stream in self.streams]
+
+    def split_by_stream(self):
+        """The log density split into a part without minibatches and per-row likelihoods.
+
+        Returns
+        -------
+        fixed : TensorVariable
+            Scalar graph of ``position``: the prior, the log-Jacobians and every term that
+            does not use ``pm.Minibatch``.
+        rows : list of TensorVariable
+            One per stream: a vector graph of ``position`` and the stream's index, the
+            ``total_size``-scaled log likelihood of each drawn row, so that
+            ``log π̂ = fixed + Σ_streams rows.sum()``.
+        """
+        model = self.model
+        stream_of_rng = {rng: number for number, rng in enumerate(self._stream_rngs)}
+        fixed_terms = list(model.free_RVs) + list(model.potentials)
+        stream_terms: list[list] = [[] for _ in self.streams]
+        for rv in model.observed_RVs:
+            rngs = _minibatch_rngs([rv, model.rvs_to_values[rv]])
+            if not rngs:
+                fixed_terms.append(rv)
+            elif len(rngs) == 1:
+                stream_terms[stream_of_rng[rngs.pop()]].append(rv)
+            else:
+                raise NotImplementedError(
+                    f"Observed variable {rv.name!r} depends on several pm.Minibatch calls; "
+                    "full-data passes (control variates) need each observed variable to "
+                    "draw its rows from one call: pm.Minibatch(X, y, batch_size=B)."
+                )
+        for potential in model.potentials:
+            if _minibatch_rngs([potential]):
+                raise NotImplementedError(
+                    f"Potential {potential.name!r} uses pm.Minibatch; full-data passes "
+                    "(control variates) support minibatch data only in observed variables."
+                )
+        fixed = model.logp(vars=fixed_terms, jacobian=True)
+        fixed = clone_replace(fixed, self._value_replacements).astype(self.dtype)
+        rows = []
+        for stream, terms in zip(self.streams, stream_terms, strict=True):
+            per_row = pt.zeros((stream.batch_size,), dtype=self.dtype)
+            for rv, term in zip(
+                terms, model.logp(vars=terms, sum=False) if terms else [], strict=True
+            ):
+                if term.ndim == 0 or term.type.shape[0] not in (None, stream.batch_size):
+                    raise NotImplementedError(
+                        f"The log likelihood of {rv.name!r} does not have the minibatch rows "
+                        "on its first axis; full-data passes (control variates) need it."
+                    )
+                per_row = per_row + term.reshape((term.shape[0], -1)).sum(axis=1)
+            replace = {**self._value_replacements, **self._indexed_data([per_row])}
+            rows.append(clone_replace(per_row, replace).astype(self.dtype))
+        return fixed, rows
 
 
 def _warn_missing_total_size(model) -> None:

@@ -29,7 +29,7 @@ from pymc.util import RandomGeneratorState, get_random_generator, get_value_vars
 from pytensor.tensor.type import discrete_dtypes
 
 from pymc_sgmcmc._compat import DIVERGING_DTYPE, sampling_chain_index
-from pymc_sgmcmc.gradients import MinibatchLogPosterior
+from pymc_sgmcmc.gradients import ControlVariate, MinibatchLogPosterior, control_variate_gradient
 from pymc_sgmcmc.schedules import as_schedule, evaluate_schedule
 
 __all__ = [
@@ -130,10 +130,14 @@ class StochasticGradientState(StepMethodState):
     # changes the chain's draws; the latest estimate (mean over coordinates) and the sum
     # of the per-coordinate estimates of the current phase (tuning, then sampling).
     _noise_rng: RandomGeneratorState
-    _latest_gradient_variance: float
+    _latest_gradient_variance: np.ndarray
     _gradient_variance_sum: np.ndarray
     _gradient_variance_count: int
     _noise_warned: bool
+    # The control-variate centre and its full-data gradient (None without control
+    # variates): per chain, since refreshing moves it to the chain's position.
+    _centre: np.ndarray | None
+    _centre_gradient: np.ndarray | None
 
 
 class StochasticGradientStep(BlockedStep):
@@ -170,11 +174,13 @@ class StochasticGradientStep(BlockedStep):
         steps_per_draw: int = 1,
         initial_jitter: float = 1.0,
         noise_estimate_interval: int | None = 20,
+        control_variate=None,
         model=None,
         rng=None,
         blocked: bool = True,
         compile_kwargs: dict | None = None,
     ):
+        self.tune = False
         model = modelcontext(model)
         value_vars = (
             model.value_vars if vars is None else get_value_vars_from_user_vars(vars, model)
@@ -203,11 +209,24 @@ class StochasticGradientStep(BlockedStep):
             {var.name: initial_point[var.name] for var in self.vars}
         ).data
         self._compile_kwargs = compile_kwargs or {}
+        self.control_variate = ControlVariate.from_argument(control_variate)
+        self._control_variate = None
+        if self.control_variate is not None:
+            if not self._target.streams:
+                raise ValueError(
+                    "control_variate needs a model fed through pm.Minibatch: this model's "
+                    "gradients are exact already."
+                )
+            self._control_variate = self.control_variate.bind(
+                self._target, self.vars, self._default_start, self._compile_kwargs
+            )
+            self._centre = self._control_variate.centre.copy()
+            self._centre_gradient = self._control_variate.centre_gradient.copy()
+        self._sampling_phase_stat()
         self._configure()
         self._kernel = self._compile_kernel(self._compile_kwargs)
         # Compiled on first use: many runs never estimate the gradient noise.
         self._gradient_pair_function = None
-        self.tune = False
         self._start_chain(rng)
 
     # ---- hooks for the samplers -------------------------------------------------------
@@ -220,9 +239,14 @@ class StochasticGradientStep(BlockedStep):
         They are inputs rather than constants of the compiled graph, so one compiled
         kernel (and Numba's on-disk cache of it) serves every value.
         """
-        return {"temperature": np.asarray(self.temperature, dtype=self._dtype)}
+        values = {"temperature": np.asarray(self.temperature, dtype=self._dtype)}
+        if self._control_variate is not None:
+            values["centre"] = self._centre.astype(self._dtype)
+            values["centre_gradient"] = self._centre_gradient.astype(self._dtype)
+        return values
 
     def _refresh_parameters(self) -> None:
+        self._parameters_tune = bool(self.tune)
         self._parameter_values = list(self._parameters().values())
         # The parameters enter the noise ratio: recompute it at the next draw.
         self._noise_ratio_cache = None
@@ -242,12 +266,14 @@ class StochasticGradientStep(BlockedStep):
         """Sampler-specific stats computed outside the kernel."""
         return {}
 
-    def _noise_ratio(self, step_size: float, gradient_variance: float) -> float:
+    def _noise_ratio(self, step_size: float, gradient_variance: np.ndarray) -> float:
         """Variance the minibatch noise adds per step over the variance injected per step,
-        summed over coordinates, given ``V`` averaged over coordinates."""
+        summed over coordinates, given ``V`` per coordinate."""
         raise NotImplementedError
 
-    def _relative_excess_temperature(self, step_size: float, gradient_variance: float) -> float:
+    def _relative_excess_temperature(
+        self, step_size: float, gradient_variance: np.ndarray
+    ) -> float:
         """``(T_eff − T) / T``: how much the minibatch noise heats the chain; what the
         :class:`MinibatchNoiseWarning` is about. Where nothing corrects for minibatch
         noise it is the noise ratio itself."""
@@ -262,7 +288,33 @@ class StochasticGradientStep(BlockedStep):
         """Called when tuning ends, before the noise estimate restarts for the sampling phase
         (SGHMC freezes its ``gradient_noise="estimate"`` here)."""
 
+    def _sampling_phase_stat(self) -> None:
+        """Record ``sampling_phase`` when the schedule has phases (cyclical schedules)."""
+        stats = dict(type(self).stats_dtypes_shapes)
+        if hasattr(self.step_size, "in_sampling_phase"):
+            stats["sampling_phase"] = (DIVERGING_DTYPE, [])
+        # PyMC copies both from the class when the step is created (BlockedStep.__new__).
+        self.stats_dtypes_shapes = stats
+        self.stats_dtypes = [{name: dtype for name, (dtype, _) in stats.items()}]
+
     # ---- compilation ----------------------------------------------------------------
+    def _gradient(self, position, indices, parameters, minibatch_gradient=None):
+        """The gradient estimate the update rule sees: plain minibatch or control variate."""
+        target = self._target
+        if self._control_variate is None:
+            if minibatch_gradient is not None:
+                return minibatch_gradient
+            return target.gradient_at(position, indices)
+        if minibatch_gradient is None:
+            return control_variate_gradient(
+                target, position, indices, parameters["centre"], parameters["centre_gradient"]
+            )
+        return (
+            parameters["centre_gradient"]
+            + minibatch_gradient
+            - target.gradient_at(parameters["centre"], indices)
+        )
+
     def _compile_kernel(self, compile_kwargs: dict):
         target = self._target
         steps = self.steps_per_draw
@@ -289,7 +341,7 @@ class StochasticGradientStep(BlockedStep):
             inner_parameters = dict(
                 zip(parameters, rest[n_streams + 1 + n_auxiliary :], strict=True)
             )
-            gradient = target.gradient_at(position_k, index_k)
+            gradient = self._gradient(position_k, index_k, inner_parameters)
             new_position, new_auxiliary = self._transition(
                 position_k, auxiliary_k, gradient, step_size, noise_k, inner_parameters
             )
@@ -310,7 +362,9 @@ class StochasticGradientStep(BlockedStep):
             )
             state = [sequence[-1] for sequence in sequences]
         last_position, *last_auxiliary = state
-        logp, gradient = target.at(last_position, [index[-1] for index in indices])
+        last_indices = [index[-1] for index in indices]
+        logp, minibatch_gradient = target.at(last_position, last_indices)
+        gradient = self._gradient(last_position, last_indices, parameters, minibatch_gradient)
         final_position, final_auxiliary = self._transition(
             last_position, last_auxiliary, gradient, step_sizes[-1], noise[-1], parameters
         )
@@ -338,9 +392,14 @@ class StochasticGradientStep(BlockedStep):
         self._sg_step = 0
         self._auxiliary: list[np.ndarray] = []
         self._last_position = None
-        self._latest_gradient_variance = np.nan
+        self._latest_gradient_variance = np.full(self._size, np.nan)
         self._restart_noise_estimate()
         self._noise_warned = False
+        if self._control_variate is not None:
+            self._centre = self._control_variate.centre.copy()
+            self._centre_gradient = self._control_variate.centre_gradient.copy()
+        else:
+            self._centre = self._centre_gradient = None
         self._refresh_parameters()
 
     @property
@@ -376,6 +435,7 @@ class StochasticGradientStep(BlockedStep):
         candidate step sizes: the schedule is evaluated outside the kernel.
         """
         self.step_size = as_schedule(step_size)
+        self._sampling_phase_stat()
         self._configure()
         self._refresh_parameters()
 
@@ -386,6 +446,9 @@ class StochasticGradientStep(BlockedStep):
         if self._draw == 0:
             position = self._first_position(position)
             self._auxiliary = self._initial_auxiliary(position)
+        if self._parameters_tune != bool(self.tune):
+            # Some parameters differ between tuning and sampling (pSGLD's adaptation).
+            self._refresh_parameters()
 
         steps = self.steps_per_draw
         step_sizes = evaluate_schedule(
@@ -412,6 +475,7 @@ class StochasticGradientStep(BlockedStep):
         self._sg_step += steps
         self._draw += 1
         self._last_position = new_position
+        self._refresh_centre_if_due(new_position)
         step_size = float(step_sizes[-1])
         if self._noise_pair_due():
             self._add_gradient_pairs(new_position, 1)
@@ -427,6 +491,9 @@ class StochasticGradientStep(BlockedStep):
         }
         stats.update(zip(self._stat_names, map(float, extra_stats), strict=True))
         stats.update(self._draw_stats(stats["step_size"]))
+        if "sampling_phase" in self.stats_dtypes_shapes:
+            in_phase = self.step_size.in_sampling_phase(self._sg_step - 1)
+            stats["sampling_phase"] = DIVERGING_DTYPE(in_phase)
         new_point = DictToArrayBijection.rmap(
             RaveledVars(new_position, mapped.point_map_info), start_point=point
         )
@@ -453,16 +520,47 @@ class StochasticGradientStep(BlockedStep):
             "before any non-finite value reached the trace."
         )
 
+    def _refresh_centre_if_due(self, position: np.ndarray) -> None:
+        """SVRG-style: move the control-variate centre to the chain's position."""
+        bound = self._control_variate
+        if bound is None or bound.refresh_interval is None:
+            return
+        if self._draw % bound.refresh_interval == 0:
+            self._centre = np.array(position, dtype=float)
+            self._centre_gradient = bound.full_data.gradient(self._centre)
+            self._refresh_parameters()
+
+    @property
+    def centre(self) -> dict | None:
+        """The current chain's control-variate centre as a point (None without one)."""
+        if self._centre is None:
+            return None
+        return self._point(self._centre)
+
+    def _point(self, vector: np.ndarray) -> dict:
+        point, offset = {}, 0
+        initial_point = self._target.model.initial_point()
+        for var in self.vars:
+            shape = np.shape(initial_point[var.name])
+            size = int(np.prod(shape, dtype=int))
+            point[var.name] = np.asarray(vector[offset : offset + size]).reshape(shape)
+            offset += size
+        return point
+
     # ---- minibatch gradient noise ------------------------------------------------------
     def _compile_gradient_pair(self):
-        """``½ (g₁ − g₂)²`` per coordinate, for two minibatch gradients at one position."""
+        """``½ (g₁ − g₂)²`` per coordinate, for two gradient estimates at one position."""
         target = self._target
         first = [stream.index.type(f"first_{j}") for j, stream in enumerate(target.streams)]
         second = [stream.index.type(f"second_{j}") for j, stream in enumerate(target.streams)]
-        gradient_first = target.gradient_at(target.position, first)
-        gradient_second = target.gradient_at(target.position, second)
+        centre = pt.vector("centre", dtype=self._dtype)
+        centre_gradient = pt.zeros_like(centre)
+        parameters = {"centre": centre, "centre_gradient": centre_gradient}
+        # The full-data gradient at the centre is common to both and cancels.
+        gradient_first = self._gradient(target.position, first, parameters)
+        gradient_second = self._gradient(target.position, second, parameters)
         return pytensor.function(
-            [target.position, *first, *second],
+            [target.position, *first, *second, centre],
             0.5 * (gradient_first - gradient_second) ** 2,
             on_unused_input="ignore",
             **self._compile_kwargs,
@@ -482,13 +580,14 @@ class StochasticGradientStep(BlockedStep):
             if self._gradient_pair_function is None:
                 self._gradient_pair_function = self._compile_gradient_pair()
             indices = self._target.draw_indices(self._noise_rng, 2 * pairs)
+            centre = position if self._centre is None else self._centre
             variance = np.zeros(self._size)
             for pair in range(pairs):
                 first = [index[2 * pair] for index in indices]
                 second = [index[2 * pair + 1] for index in indices]
-                variance += self._gradient_pair_function(position, *first, *second)
+                variance += self._gradient_pair_function(position, *first, *second, centre)
             variance /= pairs
-        self._latest_gradient_variance = float(np.mean(variance))
+        self._latest_gradient_variance = variance
         self._gradient_variance_sum += pairs * variance
         self._gradient_variance_count += pairs
 
@@ -504,17 +603,22 @@ class StochasticGradientStep(BlockedStep):
             return 0.0
         # It changes only with a new estimate or step size: most draws reuse it, keeping
         # the per-draw cost of the stat to a comparison.
-        key = (step_size, self._latest_gradient_variance)
+        variance = self._latest_gradient_variance
+        key = (step_size, variance.tobytes())
         if self._noise_ratio_cache is None or self._noise_ratio_cache[0] != key:
-            ratio, _ = self._noise_measures(*key)
+            ratio, _ = self._noise_measures(step_size, variance)
             # ArviZ summaries and plots handle nan, not inf.
             self._noise_ratio_cache = (key, ratio if np.isfinite(ratio) else np.nan)
         return self._noise_ratio_cache[1]
 
-    def _noise_measures(self, step_size: float, gradient_variance: float) -> tuple[float, float]:
-        """``(noise_ratio, relative excess temperature)``; inf or nan where ``T = 0``."""
+    def _noise_measures(self, step_size: float, gradient_variance) -> tuple[float, float]:
+        """``(noise_ratio, relative excess temperature)``; inf or nan where ``T = 0``.
+
+        ``gradient_variance`` is ``V`` per coordinate.
+        """
         # NumPy scalars divide by zero to inf/nan, where Python floats raise.
-        step_size, gradient_variance = np.float64(step_size), np.float64(gradient_variance)
+        step_size = np.float64(step_size)
+        gradient_variance = np.broadcast_to(np.asarray(gradient_variance, float), (self._size,))
         with np.errstate(divide="ignore", invalid="ignore"):
             return (
                 float(self._noise_ratio(step_size, gradient_variance)),
@@ -552,7 +656,7 @@ class StochasticGradientStep(BlockedStep):
         count = self._gradient_variance_count
         if self._noise_warned or count < END_OF_TUNING_NOISE_PAIRS:
             return
-        gradient_variance = np.mean(self._gradient_variance_sum / count)
+        gradient_variance = self._gradient_variance_sum / count
         ratio, excess = self._noise_measures(step_size, gradient_variance)
         # Infinite at T = 0: optimisation injects no noise on purpose, nothing to warn about.
         if not (np.isfinite(excess) and excess > NOISE_RATIO_WARNING_THRESHOLD):

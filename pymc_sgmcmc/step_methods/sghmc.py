@@ -72,7 +72,7 @@ class SGHMC(StochasticGradientStep):
         (0 during tuning).
     temperature : float, default 1.0
         ``T ≥ 0``; ``T = 0`` needs ``gradient_noise=0``.
-    steps_per_draw, initial_jitter, noise_estimate_interval, model, rng, compile_kwargs
+    steps_per_draw, initial_jitter, noise_estimate_interval, control_variate, model, rng, compile_kwargs
         As for :class:`~pymc_sgmcmc.SGLD`.
 
     Notes
@@ -130,6 +130,7 @@ class SGHMC(StochasticGradientStep):
         steps_per_draw: int = 1,
         initial_jitter: float = 1.0,
         noise_estimate_interval: int | None = 20,
+        control_variate=None,
         model=None,
         rng=None,
         blocked: bool = True,
@@ -145,6 +146,7 @@ class SGHMC(StochasticGradientStep):
             steps_per_draw=steps_per_draw,
             initial_jitter=initial_jitter,
             noise_estimate_interval=noise_estimate_interval,
+            control_variate=control_variate,
             model=model,
             rng=rng,
             blocked=blocked,
@@ -270,13 +272,15 @@ class SGHMC(StochasticGradientStep):
         injected = self.temperature * self.friction - self._gradient_noise_at(step_size)
         return np.broadcast_to(np.maximum(injected, 0.0), (self._size,))
 
-    def _noise_ratio(self, step_size: float, gradient_variance: float) -> float:
-        # h² V̄ d / (2h Σ_j max(TΓ_j − B̂_j, 0)): minibatch over injected momentum variance.
-        return step_size * gradient_variance / (2 * np.mean(self._injected_noise(step_size)))
+    def _noise_ratio(self, step_size: float, gradient_variance) -> float:
+        # h² Σ_j V_j / (2h Σ_j max(TΓ_j − B̂_j, 0)): minibatch over injected momentum variance.
+        return (
+            step_size * np.mean(gradient_variance) / (2 * np.mean(self._injected_noise(step_size)))
+        )
 
-    def _relative_excess_temperature(self, step_size: float, gradient_variance: float) -> float:
+    def _relative_excess_temperature(self, step_size: float, gradient_variance) -> float:
         # (T_eff − T) Γ = h V / 2 − B̂ per coordinate; sums over coordinates, over T ΣΓ.
-        uncorrected = step_size * gradient_variance / 2 - np.mean(
+        uncorrected = step_size * np.mean(gradient_variance) / 2 - np.mean(
             np.broadcast_to(self._gradient_noise_at(step_size), (self._size,))
         )
         return uncorrected / (

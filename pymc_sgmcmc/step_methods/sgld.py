@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pymc_sgmcmc.dynamics import sgld_update
+import numpy as np
+
+from pymc_sgmcmc.dynamics import preconditioned_sgld_update, rmsprop_preconditioner, sgld_update
+from pymc_sgmcmc.preconditioners import RMSprop
 from pymc_sgmcmc.step_methods.base import StochasticGradientStep
 
-__all__ = ["SGLD"]
+__all__ = ["SGLD", "pSGLD"]
 
 
 class SGLD(StochasticGradientStep):
@@ -49,6 +52,16 @@ class SGLD(StochasticGradientStep):
         (about 1% more gradients at the default with ``steps_per_draw=10``, 10% with
         ``steps_per_draw=1``), plus 20 pairs once per chain when tuning ends. They are
         drawn from a child of the chain's generator, so the draws do not depend on it.
+    preconditioner : RMSprop, optional
+        A diagonal preconditioner ``G``: each step becomes ``θ + η G g + sqrt(2ηTG) ξ``
+        (see :class:`pSGLD`). None (the default) is plain SGLD.
+    control_variate : ControlVariate, True, "map", dict or array, optional
+        Use control-variate gradients (Baker et al. 2019) instead of plain minibatch
+        gradients: ``True`` or ``"map"`` centres them at the full-data MAP (found when the
+        step is built), a point centres them there, and a
+        :class:`~pymc_sgmcmc.gradients.ControlVariate` sets every option (e.g. refreshing
+        the centre). Each SG step then costs two minibatch gradients, and its noise
+        shrinks from order ``N/B`` to order ``‖θ − θ̂‖²``.
     model : pymc.Model, optional
     rng : numpy.random.Generator or seed, optional
         Replaced per chain by ``pm.sample``'s generator.
@@ -91,9 +104,117 @@ class SGLD(StochasticGradientStep):
 
     name = "sgld"
 
-    def _noise_ratio(self, step_size: float, gradient_variance: float) -> float:
-        return step_size * gradient_variance / (2 * self.temperature)
+    def __init__(self, vars=None, *, step_size, preconditioner: RMSprop | None = None, **options):
+        if preconditioner is not None and not isinstance(preconditioner, RMSprop):
+            raise TypeError(
+                "`preconditioner` must be a pymc_sgmcmc.preconditioners.RMSprop or None, got "
+                f"{preconditioner!r}."
+            )
+        self.preconditioner = preconditioner
+        if preconditioner is not None:
+            self._auxiliary_names = ("square_average",)
+        super().__init__(vars, step_size=step_size, **options)
+
+    def _parameters(self) -> dict[str, np.ndarray]:
+        values = super()._parameters()
+        if self.preconditioner is not None:
+            values.update(
+                {
+                    name: np.asarray(value, dtype=self._dtype)
+                    for name, value in self.preconditioner.parameters(bool(self.tune)).items()
+                }
+            )
+        return values
+
+    def _initial_auxiliary(self, position):
+        if self.preconditioner is None:
+            return []
+        # All zeros: the first step sets v to its gradient's square.
+        return [np.zeros(self._size, dtype=self._dtype)]
+
+    @property
+    def preconditioner_values(self) -> np.ndarray | None:
+        """The current chain's ``G`` per raveled coordinate (None without a preconditioner,
+        or before the first draw)."""
+        if self.preconditioner is None or not self._auxiliary:
+            return None
+        return self.preconditioner.values(self._auxiliary[0])
+
+    def _noise_ratio(self, step_size: float, gradient_variance) -> float:
+        preconditioner = self.preconditioner_values
+        if preconditioner is None:
+            return step_size * np.mean(gradient_variance) / (2 * self.temperature)
+        # η² Σ G² V over 2 η T Σ G: minibatch over injected variance per step.
+        return (
+            step_size
+            * np.sum(preconditioner**2 * gradient_variance)
+            / (2 * self.temperature * np.sum(preconditioner))
+        )
 
     def _transition(self, position, auxiliary, gradient, step_size, noise, parameters):
         temperature = parameters["temperature"]
-        return sgld_update(position, gradient, step_size, temperature, noise), []
+        if self.preconditioner is None:
+            return sgld_update(position, gradient, step_size, temperature, noise), []
+        (square_average,) = auxiliary
+        square_average, preconditioner = rmsprop_preconditioner(
+            square_average,
+            gradient,
+            decay=parameters["decay"],
+            epsilon=parameters["epsilon"],
+            adapt=parameters["adapt"],
+        )
+        position = preconditioned_sgld_update(
+            position, gradient, step_size, temperature, noise, preconditioner
+        )
+        return position, [square_average]
+
+
+class pSGLD(SGLD):
+    r"""Preconditioned SGLD (Li, Chen, Carlson & Carin 2016): SGLD with RMSprop's diagonal.
+
+    .. math::
+
+        v &\leftarrow α v + (1 - α) g^2, \qquad G = 1 / (λ + \sqrt{v}) \
+        θ &\leftarrow θ + η\, G g + \sqrt{2 η T G}\, ξ
+
+    Each coordinate's step is scaled by the inverse root-mean-square of its gradient, so
+    that one ``step_size`` suits parameters on very different scales (a plain SGLD step
+    must be small enough for the narrowest). Li et al.'s correction term ``Γ(θ)`` is not
+    applied. By default ``v`` adapts during tuning only and ``G`` is frozen for the
+    sampling phase, which is then SGLD with a constant preconditioner and needs no
+    correction; ``RMSprop(adapt="always")`` keeps adapting, as in the paper.
+
+    With the preconditioner, ``step_size`` is in units of the gradient's scale rather
+    than the posterior variance: with ``G ≈ 1/|g|`` a step moves each coordinate by about
+    ``η``, so ``η`` around a tenth of the smallest posterior sd is a start.
+
+    Parameters
+    ----------
+    step_size : float or callable
+        ``η``, as for :class:`~pymc_sgmcmc.SGLD`.
+    preconditioner : RMSprop, optional
+        Defaults to ``RMSprop()`` (``decay=0.99``, ``epsilon=1e-5``, ``adapt="tuning"``).
+    **options
+        Every other option of :class:`~pymc_sgmcmc.SGLD` (``temperature``,
+        ``steps_per_draw``, ``control_variate``, ...).
+
+    Notes
+    -----
+    Sampler stats as for :class:`~pymc_sgmcmc.SGLD`. ``noise_ratio`` uses the
+    preconditioned variances: ``η Σ_j G_j² V_j / (2 T Σ_j G_j)``.
+
+    References
+    ----------
+    C. Li, C. Chen, D. Carlson and L. Carin. Preconditioned stochastic gradient Langevin
+    dynamics for deep neural networks. AAAI 2016.
+    """
+
+    name = "psgld"
+
+    def __init__(self, vars=None, *, step_size, preconditioner: RMSprop | None = None, **options):
+        super().__init__(
+            vars,
+            step_size=step_size,
+            preconditioner=RMSprop() if preconditioner is None else preconditioner,
+            **options,
+        )

@@ -1,0 +1,173 @@
+"""The full-data log posterior of a minibatch model, evaluated in chunks of rows.
+
+Control variates need ``log π(θ) = log p(θ) + Σ_{i=1..N} log p(x_i | θ)`` and its gradient
+on all N rows, at a few points (the centre and, for ``centre="map"``, an optimiser's
+path). Building the model again on the full data would hold graph intermediates of
+size N; here the same minibatch graph is evaluated on consecutive chunks of rows and
+summed, so memory is bounded by the chunk size whatever N is.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+
+from pytensor.graph.replace import vectorize_graph
+from scipy import optimize
+
+__all__ = ["FullDataLogPosterior", "MaximumAPosteriori"]
+
+
+@dataclass(frozen=True)
+class MaximumAPosteriori:
+    """The result of :meth:`FullDataLogPosterior.find_map`.
+
+    Attributes
+    ----------
+    position : numpy.ndarray
+        The raveled MAP on the unconstrained space.
+    logp : float
+        ``log π`` there (full data).
+    gradient : numpy.ndarray
+        ``∇ log π`` there (full data): near zero at an interior optimum.
+    evaluations : int
+        Full-data passes the optimiser made.
+    converged : bool
+        Whether L-BFGS reported convergence.
+    message : str
+        The optimiser's message.
+    """
+
+    position: np.ndarray
+    logp: float
+    gradient: np.ndarray
+    evaluations: int
+    converged: bool
+    message: str
+
+
+class FullDataLogPosterior:
+    """``log π(θ)`` and ``∇ log π(θ)`` on every row of the data, in chunks.
+
+    The minibatch graph computes ``log π̂ = fixed + (N/B) Σ_batch log p(x_i | θ)``. Its
+    per-row terms are vectorised over a ``(rows // B, B)`` matrix of row indices, weighted
+    by ``B/N`` (0 for padding) and summed chunk by chunk; the fixed part (prior,
+    log-Jacobians, terms without minibatches) is added once. This is the expectation of
+    ``log π̂`` over minibatches, i.e. ``log π`` with the model's ``total_size`` scaling.
+
+    Parameters
+    ----------
+    target : MinibatchLogPosterior
+    chunk_size : int, default 65536
+        Rows per compiled call (rounded to whole minibatches); peak memory grows with it.
+    compile_kwargs : dict, optional
+        Passed to :func:`pytensor.function`.
+    """
+
+    def __init__(self, target, *, chunk_size: int = 65536, compile_kwargs: dict | None = None):
+        if (
+            isinstance(chunk_size, bool)
+            or not isinstance(chunk_size, numbers.Integral)
+            or chunk_size < 1
+        ):
+            raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
+        self.chunk_size = int(chunk_size)
+        self.size = target.size
+        self.streams = target.streams
+        compile_kwargs = compile_kwargs or {}
+        position = target.position
+        fixed, rows = target.split_by_stream()
+        self._fixed = pytensor.function(
+            [position], [fixed, pt.grad(fixed, position)], **compile_kwargs
+        )
+        self._chunks = []
+        for stream, per_row in zip(self.streams, rows, strict=True):
+            index_matrix = pt.matrix(f"chunk_index_{stream.index.name}", dtype=stream.index.dtype)
+            weights = pt.matrix("weights", dtype=target.dtype)
+            rows_matrix = vectorize_graph(per_row, {stream.index: index_matrix})
+            total = pt.sum(weights * rows_matrix)
+            self._chunks.append(
+                pytensor.function(
+                    [position, index_matrix, weights],
+                    [total, pt.grad(total, position)],
+                    **compile_kwargs,
+                )
+            )
+        self.evaluations = 0
+
+    def _stream_chunks(self, stream):
+        """``(indices, weights)`` matrices covering rows ``0..N-1`` once, chunk by chunk."""
+        batch, rows = stream.batch_size, stream.data_size
+        per_chunk = max(1, self.chunk_size // batch) * batch
+        weight = batch / rows
+        for start in range(0, rows, per_chunk):
+            count = min(per_chunk, rows - start)
+            padded = -(-count // batch) * batch
+            indices = np.zeros(padded, dtype=stream.index.dtype)
+            indices[:count] = np.arange(start, start + count)
+            weights = np.zeros(padded)
+            weights[:count] = weight
+            yield indices.reshape(-1, batch), weights.reshape(-1, batch)
+
+    def logp_and_gradient(self, position) -> tuple[float, np.ndarray]:
+        """``(log π(θ), ∇ log π(θ))`` at a raveled position, one pass over the data."""
+        position = np.asarray(position, dtype=float)
+        if position.shape != (self.size,):
+            raise ValueError(
+                f"`position` must have shape ({self.size},) (the raveled parameters), "
+                f"got {position.shape}."
+            )
+        logp, gradient = self._fixed(position)
+        logp, gradient = float(logp), np.array(gradient, dtype=float)
+        for stream, function in zip(self.streams, self._chunks, strict=True):
+            for indices, weights in self._stream_chunks(stream):
+                chunk_logp, chunk_gradient = function(position, indices, weights)
+                logp += float(chunk_logp)
+                gradient += chunk_gradient
+        self.evaluations += 1
+        return logp, gradient
+
+    def gradient(self, position) -> np.ndarray:
+        """``∇ log π(θ)`` on the full data."""
+        return self.logp_and_gradient(position)[1]
+
+    def find_map(self, start, *, maxiter: int = 1000) -> MaximumAPosteriori:
+        """The maximum a posteriori point by L-BFGS on full-data passes.
+
+        It maximises the same ``log π`` as ``pm.find_MAP`` on the full data (on the
+        unconstrained space, log-Jacobians included, as PyMC's samplers see it), with
+        memory bounded by ``chunk_size`` rather than N.
+        """
+        start = np.asarray(start, dtype=float)
+        before = self.evaluations
+
+        def negative(position):
+            logp, gradient = self.logp_and_gradient(position)
+            if not np.isfinite(logp):
+                # Steers the line search back into the support instead of failing.
+                return np.inf, np.zeros_like(gradient)
+            return -logp, -gradient
+
+        result = optimize.minimize(
+            negative, start, jac=True, method="L-BFGS-B", options={"maxiter": maxiter}
+        )
+        logp, gradient = self.logp_and_gradient(result.x)
+        if not (np.isfinite(logp) and np.all(np.isfinite(result.x))):
+            raise RuntimeError(
+                "The MAP search for the control-variate centre ended at a non-finite log "
+                f"density ({result.message}). Pass a centre explicitly, e.g. "
+                "ControlVariate(centre=pm.find_MAP(...))."
+            )
+        return MaximumAPosteriori(
+            position=np.asarray(result.x, dtype=float),
+            logp=logp,
+            gradient=gradient,
+            evaluations=self.evaluations - before,
+            converged=bool(result.success),
+            message=str(result.message),
+        )

@@ -1,0 +1,140 @@
+"""SGNHT as a PyMC step method."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytensor.tensor as pt
+
+from pymc_sgmcmc.dynamics import sgnht_update
+from pymc_sgmcmc.step_methods.base import StochasticGradientStep, check_non_negative
+
+__all__ = ["SGNHT"]
+
+
+class SGNHT(StochasticGradientStep):
+    r"""Stochastic gradient Nosé-Hoover thermostat (Ding et al. 2014).
+
+    SGHMC with unit mass whose friction is a dynamic variable, the thermostat ``ξ``:
+
+    .. math::
+
+        p_{k+1} &= p_k + h\, g_k - h ξ_k p_k + N(0,\, 2 h A) \\
+        θ_{k+1} &= θ_k + h\, p_{k+1} \\
+        ξ_{k+1} &= ξ_k + h \big(p_{k+1}^\top p_{k+1} / d - T\big)
+
+    The thermostat raises the friction while the kinetic temperature ``pᵀp/d`` is above
+    ``T`` and lowers it below, so it absorbs minibatch noise of unknown size: no
+    gradient-noise estimate is needed. At stationarity ``pᵀp/d`` averages ``T``,
+    ``ξ`` averages ``(A + h V̄/2) / T`` and ``θ`` follows ``π(θ)^{1/T}``. One scalar
+    thermostat serves all coordinates, so it corrects the minibatch noise exactly only
+    when that noise is about equally large in every coordinate (after the momentum's
+    unit scaling); otherwise the noisier coordinates run hotter, as in SGHMC without
+    ``B̂``. No Metropolis correction is applied.
+
+    Parameters
+    ----------
+    vars : list of variables, optional
+        Must be all free variables of the model (the default), all continuous.
+    step_size : float or callable
+        ``h``: a positive number, a schedule from :mod:`pymc_sgmcmc.schedules`, or any
+        callable of the SG step count ``k``.
+    diffusion : float
+        ``A ≥ 0``, the injected noise's variance rate; it plays the role of SGHMC's
+        ``T Γ``, and the thermostat starts at ``A / T``. As for SGHMC's friction, ``h A``
+        around 0.01-0.1 mixes well. ``temperature=0`` needs ``diffusion=0``.
+    initial_thermostat : float, optional
+        ``ξ₀``; defaults to ``A / T`` (to ``A`` at ``T = 0``), where it would settle
+        with exact gradients.
+    temperature : float, default 1.0
+        ``T ≥ 0``.
+    steps_per_draw, initial_jitter, noise_estimate_interval, control_variate, model, rng, compile_kwargs
+        As for :class:`~pymc_sgmcmc.SGLD`.
+
+    Notes
+    -----
+    Sampler stats as for :class:`~pymc_sgmcmc.SGLD`, plus ``thermostat`` (``ξ`` after the
+    draw) and ``kinetic_temperature`` (``pᵀp/d`` after the draw; its mean is ``T``).
+    ``noise_ratio`` is ``h V̄ / (2A)``: the momentum variance minibatch noise adds per
+    step over the injected ``2hA`` (nan where ``A = 0``). Since the thermostat absorbs
+    minibatch noise, no :class:`~pymc_sgmcmc.MinibatchNoiseWarning` is raised; a
+    thermostat far above ``A / T`` says the minibatch noise dominates.
+
+    References
+    ----------
+    N. Ding, Y. Fang, R. Babbush, C. Chen, R. D. Skeel and H. Neven. Bayesian sampling
+    using stochastic gradient thermostats. NeurIPS 2014.
+    """
+
+    name = "sgnht"
+    stats_dtypes_shapes = {
+        **StochasticGradientStep.stats_dtypes_shapes,
+        "thermostat": (np.float64, []),
+        "kinetic_temperature": (np.float64, []),
+    }
+    _auxiliary_names = ("momentum", "thermostat")
+    _divergence_advice = "Lower step_size (e.g. by a factor of 10) or raise diffusion"
+    _noise_advice = "Lower step_size or raise the batch_size of pm.Minibatch"
+
+    def __init__(
+        self,
+        vars=None,
+        *,
+        step_size,
+        diffusion: float,
+        initial_thermostat: float | None = None,
+        **options,
+    ):
+        self._diffusion_argument = diffusion
+        self._initial_thermostat_argument = initial_thermostat
+        super().__init__(vars, step_size=step_size, **options)
+
+    def _configure(self) -> None:
+        self.diffusion = check_non_negative("diffusion", self._diffusion_argument)
+        if self.temperature == 0 and self.diffusion > 0:
+            raise ValueError(
+                "temperature=0 (optimisation) injects no noise, so it needs diffusion=0; got "
+                f"diffusion={self.diffusion!r}."
+            )
+        if self._initial_thermostat_argument is None:
+            temperature = self.temperature if self.temperature > 0 else 1.0
+            self.initial_thermostat = self.diffusion / temperature
+        else:
+            self.initial_thermostat = check_non_negative(
+                "initial_thermostat", self._initial_thermostat_argument
+            )
+
+    def _parameters(self) -> dict[str, np.ndarray]:
+        return {
+            **super()._parameters(),
+            "diffusion": np.asarray(self.diffusion, dtype=self._dtype),
+        }
+
+    def _transition(self, position, auxiliary, gradient, step_size, noise, parameters):
+        momentum, thermostat = auxiliary
+        position, momentum, thermostat = sgnht_update(
+            position,
+            momentum,
+            thermostat,
+            gradient,
+            step_size,
+            diffusion=parameters["diffusion"],
+            temperature=parameters["temperature"],
+            noise=noise,
+        )
+        return position, [momentum, thermostat]
+
+    def _initial_auxiliary(self, position):
+        momentum = np.sqrt(self.temperature) * self.rng.standard_normal(self._size)
+        thermostat = np.full(1, self.initial_thermostat)
+        return [momentum.astype(self._dtype), thermostat.astype(self._dtype)]
+
+    def _extra_stats(self, position, auxiliary, parameters) -> dict:
+        momentum, thermostat = auxiliary
+        return {"thermostat": thermostat[0], "kinetic_temperature": pt.mean(momentum**2)}
+
+    def _noise_ratio(self, step_size: float, gradient_variance) -> float:
+        return step_size * np.mean(gradient_variance) / (2 * self.diffusion)
+
+    def _relative_excess_temperature(self, step_size: float, gradient_variance) -> float:
+        # The thermostat absorbs the minibatch noise: nothing to warn about.
+        return 0.0
