@@ -5,7 +5,13 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 
-from pymc_sgmcmc.dynamics import sghmc_update, sgld_update
+from pymc_sgmcmc.dynamics import (
+    preconditioned_sgld_update,
+    rmsprop_preconditioner,
+    sghmc_update,
+    sgld_update,
+    sgnht_update,
+)
 
 D = 4
 
@@ -125,3 +131,80 @@ def test_sghmc_injects_no_noise_when_friction_matches_gradient_noise(sghmc):
     with_noise = sghmc(position, momentum, gradient, 0.1, 2.0, 1.0, 1.0, 0.5, noise)
     without_noise = sghmc(position, momentum, gradient, 0.1, 2.0, 1.0, 1.0, 0.5, np.zeros(D))
     np.testing.assert_allclose(with_noise[0], without_noise[0])
+
+
+def test_sgnht_is_sghmc_with_the_thermostat_as_friction():
+    # With unit mass, friction ξ and T Γ − B̂ = A, SGHMC's (θ, p) update is SGNHT's; the
+    # thermostat then moves by h (pᵀp/d − T).
+    position, momentum, gradient, noise = pt.dvectors("position", "momentum", "gradient", "noise")
+    thermostat, step_size, diffusion, temperature = pt.dscalars("xi", "h", "A", "T")
+    sgnht = pytensor.function(
+        [position, momentum, thermostat, gradient, step_size, diffusion, temperature, noise],
+        sgnht_update(
+            position,
+            momentum,
+            thermostat,
+            gradient,
+            step_size,
+            diffusion=diffusion,
+            temperature=temperature,
+            noise=noise,
+        ),
+    )
+    rng = np.random.default_rng(7)
+    theta, p, g, xi = rng.normal(size=D), rng.normal(size=D), rng.normal(size=D), rng.normal(size=D)
+    h, thermostat_value, a, t = 0.1, 1.7, 0.6, 0.8
+    new_theta, new_p, new_thermostat = sgnht(theta, p, thermostat_value, g, h, a, t, xi)
+    expected_theta, expected_p = compile_sghmc()(
+        theta, p, g, h, thermostat_value, 1.0, t * thermostat_value - a, t, xi
+    )
+    np.testing.assert_allclose(new_theta, expected_theta, rtol=1e-12)
+    np.testing.assert_allclose(new_p, expected_p, rtol=1e-12)
+    np.testing.assert_allclose(new_thermostat, thermostat_value + h * (np.mean(new_p**2) - t))
+
+
+def compile_rmsprop():
+    square_average, gradient = pt.dvectors("square_average", "gradient")
+    decay, epsilon, adapt = pt.dscalars("decay", "epsilon", "adapt")
+    return pytensor.function(
+        [square_average, gradient, decay, epsilon, adapt],
+        rmsprop_preconditioner(square_average, gradient, decay=decay, epsilon=epsilon, adapt=adapt),
+    )
+
+
+def test_rmsprop_starts_at_the_first_square_then_averages_or_freezes():
+    rmsprop = compile_rmsprop()
+    g = np.array([2.0, -0.5, 0.1, 3.0])
+    v, preconditioner = rmsprop(np.zeros(D), g, 0.9, 1e-3, 1.0)
+    np.testing.assert_allclose(v, g**2)
+    np.testing.assert_allclose(preconditioner, 1 / (1e-3 + np.abs(g)))
+    g2 = np.array([1.0, 1.0, 1.0, 1.0])
+    v2, _ = rmsprop(v, g2, 0.9, 1e-3, 1.0)
+    np.testing.assert_allclose(v2, 0.9 * g**2 + 0.1 * g2**2)
+    frozen, frozen_preconditioner = rmsprop(v, g2, 0.9, 1e-3, 0.0)
+    np.testing.assert_array_equal(frozen, v)
+    np.testing.assert_allclose(frozen_preconditioner, 1 / (1e-3 + np.sqrt(v)))
+
+
+def test_preconditioned_sgld_follows_its_formula_and_is_sgld_at_unit_preconditioner():
+    position, gradient, noise, preconditioner = pt.dvectors("position", "gradient", "noise", "G")
+    step_size, temperature = pt.dscalars("step_size", "temperature")
+    update = pytensor.function(
+        [position, gradient, step_size, temperature, noise, preconditioner],
+        preconditioned_sgld_update(
+            position, gradient, step_size, temperature, noise, preconditioner
+        ),
+    )
+    rng = np.random.default_rng(11)
+    theta, g, xi = rng.normal(size=D), rng.normal(size=D), rng.normal(size=D)
+    G = np.array([0.5, 2.0, 1.0, 0.1])
+    np.testing.assert_allclose(
+        update(theta, g, 0.05, 0.7, xi, G),
+        theta + 0.05 * G * g + np.sqrt(2 * 0.05 * 0.7 * G) * xi,
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(
+        update(theta, g, 0.05, 0.7, xi, np.ones(D)),
+        compile_sgld()(theta, g, 0.05, 0.7, xi),
+        rtol=1e-12,
+    )

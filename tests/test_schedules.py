@@ -48,3 +48,34 @@ def test_a_plain_callable_is_a_schedule_and_is_checked():
     late_failure = schedules.as_schedule(lambda k: 1.0 if k < 5 else 0.0)
     with pytest.raises(ValueError, match="at step 5"):
         schedules.evaluate_schedule(late_failure, np.arange(3, 8))
+
+
+def test_cyclical_follows_the_cosine_formula_and_phases():
+    schedule = schedules.cyclical(0.2, cycle_length=10, exploration_fraction=0.3)
+    steps = np.arange(25)
+    position = (steps % 10) / 10
+    np.testing.assert_allclose(schedule(steps), 0.1 * (np.cos(np.pi * position) + 1))
+    np.testing.assert_array_equal(schedule.in_sampling_phase(steps), position >= 0.3)
+    # Every cycle starts at the largest step and every step stays positive.
+    assert schedule(0) == schedule(10) == 0.2
+    assert np.all(schedule(steps) > 0)
+    # A cycle of one step is a constant step size.
+    np.testing.assert_allclose(schedules.cyclical(0.2, cycle_length=1)(steps), 0.2)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        ({"cycle_length": 0}, "`cycle_length` must be an integer >= 1"),
+        ({"cycle_length": -3}, "`cycle_length` must be an integer >= 1"),
+        ({"cycle_length": 2.5}, "`cycle_length` must be an integer >= 1"),
+        ({"cycle_length": True}, "`cycle_length` must be an integer >= 1"),
+        ({"cycle_length": 10, "exploration_fraction": 1.0}, r"must lie in \[0, 1\)"),
+        ({"cycle_length": 10, "exploration_fraction": -0.1}, r"must lie in \[0, 1\)"),
+        ({"cycle_length": 10, "initial_step_size": 0.0}, "must be positive"),
+    ],
+)
+def test_cyclical_rejects_bad_arguments(arguments, match):
+    arguments = {"initial_step_size": 0.1, **arguments}
+    with pytest.raises(ValueError, match=match):
+        schedules.cyclical(**arguments)

@@ -26,7 +26,7 @@ def sgnht_update(
     Parameters
     ----------
     position, momentum, logdensity_grad : tensor, shape (d,)
-    thermostat : tensor, shape (1,)
+    thermostat : scalar tensor
         ``ξ``.
     step_size : scalar tensor
         ``h``, positive.
@@ -39,7 +39,7 @@ def sgnht_update(
 
     Returns
     -------
-    (position, momentum, thermostat) : tuple of tensors, shapes (d,), (d,), (1,)
+    (position, momentum, thermostat) : tuple of tensors, shapes (d,), (d,), ()
     """
     momentum = (
         momentum

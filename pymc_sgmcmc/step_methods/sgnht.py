@@ -110,18 +110,19 @@ class SGNHT(StochasticGradientStep):
         }
 
     def _transition(self, position, auxiliary, gradient, step_size, noise, parameters):
+        # The thermostat is a scalar, kept as a length-1 vector beside the other state.
         momentum, thermostat = auxiliary
-        position, momentum, thermostat = sgnht_update(
+        position, momentum, new_thermostat = sgnht_update(
             position,
             momentum,
-            thermostat,
+            thermostat[0],
             gradient,
             step_size,
             diffusion=parameters["diffusion"],
             temperature=parameters["temperature"],
             noise=noise,
         )
-        return position, [momentum, thermostat]
+        return position, [momentum, pt.full_like(thermostat, new_thermostat)]
 
     def _initial_auxiliary(self, position):
         momentum = np.sqrt(self.temperature) * self.rng.standard_normal(self._size)
