@@ -1,6 +1,6 @@
 """The benchmark suite: pymc-sgmcmc against the samplers users would pick instead.
 
-    python benchmarks/run.py [--quick] [--sections throughput scaling accuracy]
+    python benchmarks/run.py [--quick] [--sections throughput scaling accuracy big_n]
 
 Problem: Bayesian logistic regression, 20 features, Normal(0, 1) priors, synthetic data
 from a fixed seed (``tasks.logistic_data``). Every measurement runs in its own process
@@ -16,6 +16,8 @@ from a fixed seed (``tasks.logistic_data``). Every measurement runs in its own p
    pymc-sgmcmc, PyMC's default NUTS and nutpie. The reference and the NUTS/nutpie
    timings take longer than the rest of the suite together: they are stored in
    ``results/`` and measured again only with ``--rerun-baselines``.
+4. Big N: the same at N = 1e6 with control variates, against PyMC's default NUTS (its
+   run is the reference there) and nutpie projected from N = 1e5.
 """
 
 from __future__ import annotations
@@ -213,7 +215,7 @@ def accuracy(quick: bool, rerun_baselines: bool = False) -> tuple[str, list[dict
         "method",
         "wall s",
         "speed-up vs NUTS",
-        "max |mean err| / sd",
+        "max \\|mean err\\| / sd",
         "sd ratio",
         "accurate",
         "peak MB",
@@ -242,15 +244,165 @@ def plot(name: str, records: list[dict], path: Path) -> None:
         ax.set(xscale="log", xlabel="N (rows of data)", ylabel="µs per SG step", ylim=(0, None))
         ax.legend()
     else:
+        records = [r for r in records if "seconds" in r]
         ax.barh([r["method"] for r in records], [r["seconds"] for r in records])
         ax.set_xlabel("wall seconds to the accuracy criterion (compile included)")
+        ax.set_xscale("log")
         ax.invert_yaxis()
     ax.set_title(name)
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
-SECTIONS = {"throughput": throughput, "scaling": scaling, "accuracy": accuracy}
+def big_n_configs(scale: float) -> dict:
+    """pymc-sgmcmc configurations at N = 1e6 (step sizes in units of the posterior sd)."""
+    control_variate_sghmc = {
+        "batch": 100,
+        "draws": 1000,
+        "tune": 100,
+        "step": {
+            "step_size": 0.3 * scale,
+            "friction": 1.0 / scale,
+            "steps_per_draw": 5,
+            "control_variate": True,
+        },
+    }
+    control_variate_sgld = {
+        "batch": 100,
+        "draws": 1000,
+        "tune": 100,
+        "step": {"step_size": 0.2 * scale**2, "steps_per_draw": 5, "control_variate": True},
+    }
+    # Without control variates the minibatch noise at N = 1e6 is V ≈ N / (B s²): SGHMC
+    # needs friction Γ ≥ h V / 2 and a stable momentum decay hΓ < 2, so h ≤ 0.02 s here
+    # even with batches of 1000, and mixing takes thousands of steps.
+    plain_sghmc = {
+        "batch": 1000,
+        "draws": 2000,
+        "tune": 200,
+        "step": {
+            "step_size": 0.02 * scale,
+            "friction": 40.0 / scale,
+            "gradient_noise": "estimate",
+            "steps_per_draw": 100,
+        },
+    }
+    return {
+        "pymc-sgmcmc SGHMC + control variates": ("SGHMC", control_variate_sghmc),
+        "pymc-sgmcmc SGLD + control variates": ("SGLD", control_variate_sgld),
+        "pymc-sgmcmc SGHMC, plain minibatches": ("SGHMC", plain_sghmc),
+    }
+
+
+def big_n(quick: bool, rerun_baselines: bool = False) -> tuple[str, list[dict]]:
+    """Time to accuracy at N = 1e6, where plain minibatch noise is large.
+
+    A long NUTS reference is out of reach at this N (PyMC's default run alone takes most
+    of an hour here), so that default run (4 chains of 1000 draws after 1000 tuning
+    steps) is both the baseline and the reference; a Laplace approximation, nearly exact
+    at this N, checks it. nutpie's time is projected from its measured time at N = 1e5
+    by the ratio of full-data gradient costs, a projection checked on PyMC's NUTS.
+    """
+    n = 20_000 if quick else 1_000_000
+    small_n = 10_000 if quick else 100_000
+    baselines_file = RESULTS / f"nuts_baselines_n{n}.json"
+    if rerun_baselines or not baselines_file.exists():
+        measured = run_task("nuts", n=n, reference_result=None, engine="pymc")
+        baselines_file.write_text(json.dumps([{"method": "PyMC default NUTS", **measured}]))
+    nuts = json.loads(baselines_file.read_text())[0]
+    reference = {"mean": nuts["mean"], "sd": nuts["sd"]}
+    scale = float(np.sqrt(np.mean(np.square(reference["sd"]))))
+
+    records = []
+    for name, (sampler, config) in big_n_configs(scale).items():
+        arguments = {"n": n, "reference_result": reference, "sampler": sampler, "config": config}
+        cold = run_task("sgmcmc_accuracy", **arguments)
+        warm = run_task("sgmcmc_accuracy", **arguments)
+        records.append({"method": name, **warm, "cold_seconds": cold["seconds"]})
+
+    laplace = run_task("laplace", n=n)
+    laplace_check = accuracy_of(laplace, reference)
+    costs = {
+        size: run_task("gradient_cost", n=size)["seconds_per_gradient"] for size in (n, small_n)
+    }
+    ratio = costs[n] / costs[small_n]
+    small_baselines = RESULTS / f"nuts_baselines_n{small_n}.json"
+    projected = {}
+    if small_baselines.exists():
+        for row in json.loads(small_baselines.read_text()):
+            projected[row["method"]] = row["seconds"] * ratio
+    nuts_seconds = nuts["seconds"]
+    records.append(
+        {"method": "PyMC default NUTS (reference)", **nuts, "cold_seconds": nuts["seconds"]}
+    )
+    rows = [
+        [
+            r["method"],
+            f"{r['seconds']:.1f}",
+            f"{r['cold_seconds']:.1f}",
+            f"{r.get('build_seconds', float('nan')):.1f}",
+            f"{nuts_seconds / r['seconds']:.0f}",
+            f"{projected['nutpie default'] / r['seconds']:.0f}"
+            if "nutpie default" in projected
+            else "—",
+            f"{r.get('max_mean_error_sd', 0.0):.3f}",
+            f"{r.get('sd_ratio_min', 1.0):.2f}-{r.get('sd_ratio_max', 1.0):.2f}",
+            "yes" if r.get("accurate", True) else "no",
+            f"{r['peak_memory_mb']:.0f}",
+        ]
+        for r in records
+    ]
+    header = [
+        "method",
+        "wall s",
+        "first run s",
+        "build s",
+        "× vs NUTS",
+        "× vs nutpie (projected)",
+        "max \\|mean err\\| / sd",
+        "sd ratio",
+        "accurate",
+        "peak MB",
+    ]
+    notes = [
+        f"N = {n:,}. Full-data gradient: {1e3 * costs[n]:.1f} ms at N = {n:,}, "
+        f"{1e3 * costs[small_n]:.2f} ms at N = {small_n:,} (ratio {ratio:.1f}).",
+        f"Laplace approximation against the NUTS reference: max mean error "
+        f"{laplace_check['max_mean_error_sd']:.3f} sd, sd ratio "
+        f"{laplace_check['sd_ratio_min']:.3f}-{laplace_check['sd_ratio_max']:.3f}.",
+    ]
+    for method, seconds in projected.items():
+        notes.append(f"{method} projected from N = {small_n:,}: {seconds:.0f} s.")
+    if "PyMC default NUTS" in projected:
+        notes.append(
+            f"Check of the projection: PyMC's NUTS measured {nuts_seconds:.0f} s "
+            f"({nuts.get('cpu_seconds', float('nan')):.0f} CPU s) against "
+            f"{projected['PyMC default NUTS']:.0f} s projected."
+        )
+    records.append(
+        {
+            "method": "notes",
+            "projected": projected,
+            "gradient_costs": costs,
+            "laplace_check": laplace_check,
+        }
+    )
+    return "\n\n".join(notes) + "\n\n" + markdown_table(header, rows), records
+
+
+def accuracy_of(candidate: dict, reference: dict) -> dict:
+    """The accuracy criterion for given means and sds (as ``tasks.accuracy`` for draws)."""
+    mean, sd = np.asarray(reference["mean"]), np.asarray(reference["sd"])
+    error = float(np.max(np.abs(np.asarray(candidate["mean"]) - mean) / sd))
+    ratio = np.asarray(candidate["sd"]) / sd
+    return {
+        "max_mean_error_sd": error,
+        "sd_ratio_min": float(ratio.min()),
+        "sd_ratio_max": float(ratio.max()),
+    }
+
+
+SECTIONS = {"throughput": throughput, "scaling": scaling, "accuracy": accuracy, "big_n": big_n}
 
 
 def machine_description() -> str:
@@ -278,8 +430,8 @@ def main() -> None:
     suffix = "_quick" if args.quick else ""
     report = [f"Machine: {machine_description()}\n"]
     for name in args.sections:
-        if name == "accuracy":
-            table, records = accuracy(args.quick, args.rerun_baselines)
+        if name in ("accuracy", "big_n"):
+            table, records = SECTIONS[name](args.quick, args.rerun_baselines)
         else:
             table, records = SECTIONS[name](args.quick)
         print(f"\n## {name}\n\n{table}\n", flush=True)

@@ -71,3 +71,24 @@ def test_keep_sampling_phase_needs_a_cyclical_trace():
     assert "sampling_phase" not in idata.sample_stats
     with pytest.raises(ValueError, match="no `sampling_phase` sampler stat"):
         keep_sampling_phase(idata)
+
+
+def test_keep_sampling_phase_leaves_warmup_groups_whole():
+    schedule = sgmc.schedules.cyclical(0.1, cycle_length=20)
+    with pm.Model():
+        pm.Normal("x", 0, 1)
+        step = sgmc.SGLD(step_size=schedule, steps_per_draw=2)
+        idata = pm.sample(
+            draws=40,
+            tune=15,
+            chains=1,
+            step=step,
+            random_seed=1,
+            progressbar=False,
+            compute_convergence_checks=False,
+            discard_tuned_samples=False,
+        )
+    kept = keep_sampling_phase(idata)
+    assert kept.posterior.sizes["draw"] == kept.sample_stats.sizes["draw"] == 20
+    assert np.all(np.asarray(kept.sample_stats["sampling_phase"]).astype(bool))
+    assert kept.warmup_posterior.sizes["draw"] == 15

@@ -28,6 +28,21 @@ def model():
 STEPS = {
     "SGLD": lambda **kw: sgmc.SGLD(step_size=1e-4, steps_per_draw=3, **kw),
     "SGHMC": lambda **kw: sgmc.SGHMC(step_size=1e-2, friction=50.0, steps_per_draw=3, **kw),
+    "SGHMC estimate": lambda **kw: sgmc.SGHMC(
+        step_size=1e-2, friction=50.0, gradient_noise="estimate", steps_per_draw=3, **kw
+    ),
+    "SGNHT": lambda **kw: sgmc.SGNHT(step_size=1e-2, diffusion=5.0, steps_per_draw=3, **kw),
+    "pSGLD": lambda **kw: sgmc.pSGLD(step_size=1e-3, steps_per_draw=3, **kw),
+    "SGHMC+CV": lambda **kw: sgmc.SGHMC(
+        step_size=1e-2,
+        friction=50.0,
+        steps_per_draw=3,
+        control_variate=sgmc.ControlVariate(refresh_interval=7),
+        **kw,
+    ),
+    "cyclical SGLD": lambda **kw: sgmc.SGLD(
+        step_size=sgmc.schedules.cyclical(1e-4, cycle_length=30), steps_per_draw=3, **kw
+    ),
 }
 
 
@@ -52,9 +67,12 @@ def test_same_seed_same_draws_and_chains_differ(model, sampler):
     assert not np.allclose(draws(first)[0], draws(first)[1])
 
 
-def test_parallel_chains_equal_sequential_chains(model):
-    sequential = sample(model, STEPS["SGHMC"], seed=5, cores=1)
-    parallel = sample(model, STEPS["SGHMC"], seed=5, cores=2)
+@pytest.mark.parametrize("sampler", ["SGHMC", "SGHMC estimate", "SGNHT", "pSGLD", "SGHMC+CV"])
+def test_parallel_chains_equal_sequential_chains(model, sampler):
+    # Tuning must behave alike: PyMC's workers leave `tune` to the step (pSGLD adapts and
+    # SGHMC estimates its gradient noise only while tuning).
+    sequential = sample(model, STEPS[sampler], seed=5, cores=1)
+    parallel = sample(model, STEPS[sampler], seed=5, cores=2)
     np.testing.assert_array_equal(draws(sequential), draws(parallel))
 
 

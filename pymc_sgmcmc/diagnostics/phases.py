@@ -26,7 +26,7 @@ def keep_sampling_phase(idata):
     Returns
     -------
     The same kind of object, every group with a ``draw`` dimension restricted to the
-    sampling-phase draws (renumbered from 0 by position, keeping their draw labels).
+    sampling-phase draws (keeping their draw labels); warmup groups are kept whole.
     """
     stats = group_dataset(idata, "sample_stats")
     if "sampling_phase" not in stats:
@@ -43,9 +43,20 @@ def keep_sampling_phase(idata):
             "No draw lies in a sampling phase: draw more, or lower the schedule's "
             "exploration_fraction."
         )
-    try:
-        # DataTree applies it node by node; nodes without draws are left as they are.
-        return idata.isel(draw=draws, missing_dims="ignore")
-    except TypeError:
-        # InferenceData skips groups without a draw dimension on its own.
-        return idata.isel(draw=draws)
+    # Warmup groups (discard_tuned_samples=False) have draws of their own: kept whole.
+    groups = [name for name in _group_names(idata) if not name.startswith("warmup")]
+    if hasattr(idata, "to_dataset"):
+        # A DataTree: replace each node by its selection; nodes without draws stay.
+        kept = idata.copy()
+        for name in groups:
+            dataset = group_dataset(idata, name)
+            if "draw" in dataset.dims:
+                kept[name] = dataset.isel(draw=draws)
+        return kept
+    return idata.isel(draw=draws, groups=groups)
+
+
+def _group_names(idata) -> list[str]:
+    if hasattr(idata, "groups") and callable(idata.groups):
+        return list(idata.groups())
+    return list(idata.children)

@@ -151,7 +151,7 @@ class BoundControlVariate:
     config : ControlVariate
     full_data : FullDataLogPosterior
     centre, centre_gradient : numpy.ndarray
-        The initial ``θ̂`` and ``∇ log π(θ̂)``, raveled; chains start from these.
+        The initial ``θ̂`` and ``∇ log π(θ̂)``, raveled; each chain's centre starts here.
     map_result : MaximumAPosteriori or None
         The MAP search behind ``centre="map"``.
     """

@@ -180,7 +180,9 @@ class StochasticGradientStep(BlockedStep):
         blocked: bool = True,
         compile_kwargs: dict | None = None,
     ):
-        self.tune = False
+        # Every chain starts in its tuning phase, as PyMC's own steps do: PyMC's parallel
+        # workers never set `tune` and only call stop_tuning() when tuning ends.
+        self.tune = True
         model = modelcontext(model)
         value_vars = (
             model.value_vars if vars is None else get_value_vars_from_user_vars(vars, model)
@@ -383,6 +385,7 @@ class StochasticGradientStep(BlockedStep):
 
     # ---- per-chain state --------------------------------------------------------------
     def _start_chain(self, rng) -> None:
+        self.tune = True
         self.rng = get_random_generator(rng, copy=False)
         # A child of the chain's generator: the same seed gives the same noise estimates,
         # and drawing their minibatches leaves the chain's own stream (its draws) untouched.
@@ -529,6 +532,13 @@ class StochasticGradientStep(BlockedStep):
             self._centre = np.array(position, dtype=float)
             self._centre_gradient = bound.full_data.gradient(self._centre)
             self._refresh_parameters()
+
+    @property
+    def map_result(self):
+        """The MAP search behind ``control_variate`` (a
+        :class:`~pymc_sgmcmc.gradients.MaximumAPosteriori`), or None."""
+        bound = self._control_variate
+        return None if bound is None else bound.map_result
 
     @property
     def centre(self) -> dict | None:

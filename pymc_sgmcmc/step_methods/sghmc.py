@@ -47,8 +47,11 @@ class SGHMC(StochasticGradientStep):
 
     Limits: ``M = 1, Γ = 1/h`` is SGLD with ``η = h²`` (infinite friction forgets the
     momentum); ``T = 0, B̂ = 0`` is SGD with momentum ``1 − hΓ/M`` and learning rate
-    ``h²/M``. Chen et al.'s practical form (also BlackJAX's) uses ``v = h p / M``,
-    learning rate ``η = h²/M``, momentum decay ``α = hΓ/M`` and ``β̂ = hB̂/M``.
+    ``h²/M``. Chen et al.'s practical form (and older BlackJAX releases) uses
+    ``v = h p / M``, learning rate ``η = h²/M``, momentum decay ``α = hΓ/M`` and
+    ``β̂ = hB̂/M``. BlackJAX 1.x's ``sghmc`` diffusion keeps the momentum form with unit
+    mass: its ``step_size`` is ``h`` and its ``alpha`` is ``Γ`` (it moves ``θ`` with the
+    momentum before the kick rather than after).
 
     Parameters
     ----------

@@ -60,8 +60,9 @@ class SGLD(StochasticGradientStep):
         gradients: ``True`` or ``"map"`` centres them at the full-data MAP (found when the
         step is built), a point centres them there, and a
         :class:`~pymc_sgmcmc.gradients.ControlVariate` sets every option (e.g. refreshing
-        the centre). Each SG step then costs two minibatch gradients, and its noise
-        shrinks from order ``N/B`` to order ``‖θ − θ̂‖²``.
+        the centre). Each SG step then costs two minibatch gradients, and the gradient's
+        variance shrinks from order ``N²/B`` to order ``(N²/B) ‖θ − θ̂‖²``: about
+        ``N/B`` within a posterior sd of the centre.
     model : pymc.Model, optional
     rng : numpy.random.Generator or seed, optional
         Replaced per chain by ``pm.sample``'s generator.
@@ -174,7 +175,7 @@ class pSGLD(SGLD):
 
     .. math::
 
-        v &\leftarrow α v + (1 - α) g^2, \qquad G = 1 / (λ + \sqrt{v}) \
+        v &\leftarrow α v + (1 - α) g^2, \qquad G = 1 / (λ + \sqrt{v}) \\
         θ &\leftarrow θ + η\, G g + \sqrt{2 η T G}\, ξ
 
     Each coordinate's step is scaled by the inverse root-mean-square of its gradient, so
