@@ -32,19 +32,28 @@ from pymc.model import modelcontext
 from pymc_sgmcmc.diagnostics.ksd import _FullDataScore, _ksd_with, ksd
 from pymc_sgmcmc.diagnostics.noise import noise_summary
 from pymc_sgmcmc.gradients import MinibatchLogPosterior
-from pymc_sgmcmc.step_methods import SGHMC, SGLD, MinibatchNoiseWarning, SamplerDivergenceError
+from pymc_sgmcmc.step_methods import (
+    SGHMC,
+    SGLD,
+    SGNHT,
+    MinibatchNoiseWarning,
+    SamplerDivergenceError,
+    pSGLD,
+)
 from pymc_sgmcmc.step_methods.base import StochasticGradientStep
 
 __all__ = ["StepSizeSelection", "scale_step_size_for_budget", "select_step_size"]
 
 #: SGHMC's momentum decay ``α = hΓ/M`` per step when ``select_step_size`` sets the
-#: friction: ``Γ = α M / h`` at each candidate ``h`` (0.01-0.1 mixes well).
+#: friction: ``Γ = α M / h`` at each candidate ``h`` (0.01-0.1 mixes well). SGNHT gets the
+#: diffusion ``A = α T / h``, where its thermostat settles without minibatch noise.
 DEFAULT_MOMENTUM_DECAY = 0.1
 
 #: Decades the default grid spans below the curvature guess: for SGLD's ``η`` (a chain
-#: 10⁴ times too slow for a small budget), and for SGHMC's ``h`` (``η = h²/M``, so the
-#: same span in ``η``).
-_GRID_DECADES = {"SGLD": 4.0, "SGHMC": 2.0}
+#: 10⁴ times too slow for a small budget), for SGHMC's and SGNHT's ``h`` (``η = h²/M``,
+#: so the same span in ``η``), and for pSGLD's ``η``, a length (with ``G ≈ 1/rms(g)`` a
+#: step moves each coordinate by about ``η``).
+_GRID_DECADES = {"SGLD": 4.0, "SGHMC": 2.0, "SGNHT": 2.0, "pSGLD": 3.0}
 _DEFAULT_GRID_SIZE = 9
 _KSD_DEFAULTS = {
     name: parameter.default
@@ -164,14 +173,15 @@ def select_step_size(
     model : pymc.Model, optional
         From the context if omitted. Its data should enter through ``pm.Minibatch``
         with ``total_size`` (or not at all: full-batch gradients work too).
-    sampler : {"SGLD", "SGHMC"} or step-method class, default "SGLD"
+    sampler : {"SGLD", "SGHMC", "SGNHT", "pSGLD"} or step-method class, default "SGLD"
     step_sizes : sequence of float, optional
         The candidates. By default 9 log-spaced values below a guess from the curvature
         of the full-data log posterior at the model's initial point: with ``λ`` the
         largest eigenvalue of its negative Hessian (by power iteration on
         Hessian-vector products), SGLD's exact-gradient chain is unstable beyond
         ``η = 2/λ``; the grid runs from ``1/λ`` down 4 decades. For SGHMC it runs from
-        ``sqrt(M/λ)`` down 2 decades (``η = h²/M``).
+        ``sqrt(M/λ)`` down 2 decades (``η = h²/M``), for SGNHT from ``sqrt(1/λ)`` down 2,
+        and for pSGLD (whose step is a length) from ``sqrt(1/λ)`` down 3.
     draws, tune : int, default 500 and 200
         Draws per chain scored (first round) and tuning draws before them.
     steps_per_draw : int, default 1
@@ -186,7 +196,7 @@ def select_step_size(
     sampler_kwargs : dict, optional
         Further arguments of the sampler (not ``step_size``). For SGHMC without a
         ``friction`` here, each candidate ``h`` gets ``Γ = 0.1 M / h`` (momentum decay
-        ``α = hΓ/M = 0.1``).
+        ``α = hΓ/M = 0.1``); for SGNHT without a ``diffusion``, ``A = 0.1 T / h``.
     sample_kwargs : dict, optional
         Further arguments of ``pm.sample`` (e.g. ``cores``, ``initvals``). By default
         chains run sequentially, without progress bars or convergence checks.
@@ -249,6 +259,7 @@ def select_step_size(
         **(ksd_kwargs or {}),
     }
     sets_friction = issubclass(sampler_class, SGHMC) and "friction" not in sampler_kwargs
+    sets_diffusion = issubclass(sampler_class, SGNHT) and "diffusion" not in sampler_kwargs
     # The full-data model and its score function, compiled once for every run's KSD.
     scorer = _FullDataScore(model)
     if step_sizes is None:
@@ -261,6 +272,12 @@ def select_step_size(
         if sets_friction:
             mass = np.asarray(sampler_kwargs.get("mass", 1.0), dtype=float)
             return {"step_size": step_size, "friction": DEFAULT_MOMENTUM_DECAY * mass / step_size}
+        if sets_diffusion:
+            temperature = float(sampler_kwargs.get("temperature", 1.0))
+            return {
+                "step_size": step_size,
+                "diffusion": DEFAULT_MOMENTUM_DECAY * temperature / step_size,
+            }
         return {"step_size": step_size}
 
     with model:
@@ -361,13 +378,27 @@ def _non_finite_scores(error: BaseException) -> bool:
 
 def _default_grid(full_model, sampler_class, sampler_kwargs) -> list[float]:
     curvature = _largest_curvature(full_model)
-    name = "SGHMC" if issubclass(sampler_class, SGHMC) else "SGLD"
+    name = _grid_kind(sampler_class, sampler_kwargs)
     if name == "SGHMC":
         mass = float(np.min(sampler_kwargs.get("mass", 1.0)))
         largest = np.sqrt(mass / curvature)
+    elif name in ("SGNHT", "pSGLD"):
+        # The narrowest posterior sd: SGNHT has unit mass, and pSGLD's step is a length.
+        largest = np.sqrt(1.0 / curvature)
     else:
         largest = 1.0 / curvature
     return list(largest * np.logspace(-_GRID_DECADES[name], 0.0, _DEFAULT_GRID_SIZE))
+
+
+def _grid_kind(sampler_class, sampler_kwargs) -> str:
+    """Which units the step size has: SGLD's variance, SGHMC/SGNHT's time, pSGLD's length."""
+    if issubclass(sampler_class, SGHMC):
+        return "SGHMC"
+    if issubclass(sampler_class, SGNHT):
+        return "SGNHT"
+    if issubclass(sampler_class, pSGLD) or sampler_kwargs.get("preconditioner") is not None:
+        return "pSGLD"
+    return "SGLD"
 
 
 def _largest_curvature(full) -> float:
@@ -398,14 +429,15 @@ def _largest_curvature(full) -> float:
 
 
 def _sampler_class(sampler) -> type[StochasticGradientStep]:
+    names = "'SGLD', 'SGHMC', 'SGNHT', 'pSGLD'"
     if isinstance(sampler, str):
-        classes = {"SGLD": SGLD, "SGHMC": SGHMC}
+        classes = {"SGLD": SGLD, "SGHMC": SGHMC, "SGNHT": SGNHT, "PSGLD": pSGLD}
         if sampler.upper() not in classes:
-            raise ValueError(f"`sampler` must be 'SGLD', 'SGHMC' or a step class, got {sampler!r}.")
+            raise ValueError(f"`sampler` must be {names} or a step class, got {sampler!r}.")
         return classes[sampler.upper()]
     if isinstance(sampler, type) and issubclass(sampler, StochasticGradientStep):
         return sampler
-    raise TypeError(f"`sampler` must be 'SGLD', 'SGHMC' or a step class, got {sampler!r}.")
+    raise TypeError(f"`sampler` must be {names} or a step class, got {sampler!r}.")
 
 
 def _positive_float(name: str, value) -> float:

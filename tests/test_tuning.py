@@ -140,3 +140,29 @@ def test_budget_rule_is_the_cube_root():
 def test_for_budget_scales_from_the_selection_budget(selection):
     steps = 27 * selection.steps_per_chain
     assert selection.for_budget(steps) == pytest.approx(selection.step_size / 3, rel=1e-12)
+
+
+def test_default_grids_of_sgnht_and_psgld(gaussian):
+    # Both step sizes are lengths on the posterior's scale: from sqrt(1/λ) = 1 down.
+    np.testing.assert_allclose(
+        _default_grid(gaussian, sgmc.SGNHT, {}), np.logspace(-2, 0, 9), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        _default_grid(gaussian, sgmc.pSGLD, {}), np.logspace(-3, 0, 9), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        _default_grid(gaussian, sgmc.SGLD, {"preconditioner": sgmc.RMSprop()}),
+        np.logspace(-3, 0, 9),
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("sampler", ["SGNHT", "pSGLD"])
+def test_selects_for_the_new_samplers(gaussian, sampler):
+    selection = sgmc.select_step_size(
+        gaussian, sampler=sampler, draws=100, tune=30, steps_per_draw=5, random_seed=2
+    )
+    assert selection.sampler == sampler
+    assert np.isfinite(selection.table["ksd"]).any()
+    # A chain that barely moves is not chosen: the smallest step loses.
+    assert selection.step_size > selection.table["step_size"].min()

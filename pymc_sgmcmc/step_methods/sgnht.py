@@ -139,3 +139,9 @@ class SGNHT(StochasticGradientStep):
     def _relative_excess_temperature(self, step_size: float, gradient_variance) -> float:
         # The thermostat absorbs the minibatch noise: nothing to warn about.
         return 0.0
+
+    def _reconfigure(self, *, step_size, diffusion=None) -> None:
+        """Use another step size (and diffusion) from the next chain on, keeping the kernel."""
+        if diffusion is not None:
+            self._diffusion_argument = diffusion
+        super()._reconfigure(step_size=step_size)
