@@ -219,6 +219,15 @@ def accuracy(draws: np.ndarray, reference_result: dict) -> dict:
     }
 
 
+def timed_result(trace, reference_result: dict | None, **timings) -> dict:
+    """Timings, the draws' means and sds, and their accuracy where a reference is given."""
+    w = np.asarray(trace.posterior["w"]).reshape(-1, FEATURES)
+    result = {**timings, "mean": w.mean(axis=0).tolist(), "sd": w.std(axis=0).tolist()}
+    if reference_result is not None:
+        result.update(accuracy(w, reference_result))
+    return result
+
+
 def nuts(*, n: int, reference_result: dict | None, engine: str):
     """PyMC's default NUTS or nutpie's default, on the full data, compile time included.
 
@@ -243,16 +252,7 @@ def nuts(*, n: int, reference_result: dict | None, engine: str):
     # time overstates what the run needs, this does not.
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     cpu_seconds = sum(u.ru_utime + u.ru_stime for u in usage)
-    w = np.asarray(trace.posterior["w"]).reshape(-1, FEATURES)
-    result = {
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds,
-        "mean": w.mean(axis=0).tolist(),
-        "sd": w.std(axis=0).tolist(),
-    }
-    if reference_result is not None:
-        result.update(accuracy(w, reference_result))
-    return result
+    return timed_result(trace, reference_result, seconds=seconds, cpu_seconds=cpu_seconds)
 
 
 def sgmcmc_accuracy(*, n: int, reference_result: dict | None, sampler: str, config: dict):
@@ -284,16 +284,7 @@ def sgmcmc_accuracy(*, n: int, reference_result: dict | None, sampler: str, conf
             compute_convergence_checks=False,
         )
     seconds = time.perf_counter() - start
-    w = np.asarray(trace.posterior["w"]).reshape(-1, FEATURES)
-    result = {
-        "seconds": seconds,
-        "build_seconds": build_seconds,
-        "mean": w.mean(axis=0).tolist(),
-        "sd": w.std(axis=0).tolist(),
-    }
-    if reference_result is not None:
-        result.update(accuracy(w, reference_result))
-    return result
+    return timed_result(trace, reference_result, seconds=seconds, build_seconds=build_seconds)
 
 
 def laplace(*, n: int):
