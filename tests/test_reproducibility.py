@@ -29,7 +29,7 @@ STEPS = {
     "SGLD": lambda **kw: sgmc.SGLD(step_size=1e-4, steps_per_draw=3, **kw),
     "SGHMC": lambda **kw: sgmc.SGHMC(step_size=1e-2, friction=50.0, steps_per_draw=3, **kw),
     "SGHMC estimate": lambda **kw: sgmc.SGHMC(
-        step_size=1e-2, friction=50.0, gradient_noise="estimate", steps_per_draw=3, **kw
+        step_size=5e-3, friction=150.0, gradient_noise="estimate", steps_per_draw=3, **kw
     ),
     "SGNHT": lambda **kw: sgmc.SGNHT(step_size=1e-2, diffusion=5.0, steps_per_draw=3, **kw),
     "pSGLD": lambda **kw: sgmc.pSGLD(step_size=1e-3, steps_per_draw=3, **kw),

@@ -281,6 +281,10 @@ class StochasticGradientStep(BlockedStep):
         noise it is the noise ratio itself."""
         return self._noise_ratio(step_size, gradient_variance)
 
+    def _noise_ratio_state(self):
+        """Any other state the noise ratio depends on (pSGLD's preconditioner)."""
+        return None
+
     def _noise_pair_due(self) -> bool:
         """Whether to take a gradient pair after the current draw (``self._draw`` of them done)."""
         interval = self.noise_estimate_interval
@@ -614,7 +618,7 @@ class StochasticGradientStep(BlockedStep):
         # It changes only with a new estimate or step size: most draws reuse it, keeping
         # the per-draw cost of the stat to a comparison.
         variance = self._latest_gradient_variance
-        key = (step_size, variance.tobytes())
+        key = (step_size, variance.tobytes(), self._noise_ratio_state())
         if self._noise_ratio_cache is None or self._noise_ratio_cache[0] != key:
             ratio, _ = self._noise_measures(step_size, variance)
             # ArviZ summaries and plots handle nan, not inf.

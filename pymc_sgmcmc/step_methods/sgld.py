@@ -141,6 +141,13 @@ class SGLD(StochasticGradientStep):
             return None
         return self.preconditioner.values(self._auxiliary[0])
 
+    def _noise_ratio_state(self):
+        return (
+            None
+            if self.preconditioner is None or not self._auxiliary
+            else (self._auxiliary[0].tobytes())
+        )
+
     def _noise_ratio(self, step_size: float, gradient_variance) -> float:
         preconditioner = self.preconditioner_values
         if preconditioner is None:
