@@ -446,17 +446,32 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     suffix = "_quick" if args.quick else ""
-    report = [f"Machine: {machine_description()}\n"]
+    machine = machine_description()
+    sections = {}
     for name in args.sections:
         if name in ("accuracy", "big_n"):
             table, records = SECTIONS[name](args.quick, args.rerun_baselines)
         else:
             table, records = SECTIONS[name](args.quick)
         print(f"\n## {name}\n\n{table}\n", flush=True)
-        report.append(f"## {name}\n\n{table}\n")
+        sections[name] = f"Machine: {machine}\n\n{table}\n"
         (RESULTS / f"{name}{suffix}.json").write_text(json.dumps(records, indent=1))
         plot(name, records, RESULTS / f"{name}{suffix}.png")
-    (RESULTS / f"report{suffix}.md").write_text("\n".join(report))
+    report = RESULTS / f"report{suffix}.md"
+    report.write_text(merged_report(report, sections))
+
+
+def merged_report(path: Path, sections: dict[str, str]) -> str:
+    """The report with the sections just run replaced (or added), the others kept as they
+    were, so that running one section does not discard the rest."""
+    kept = {}
+    if path.exists():
+        for block in path.read_text().split("\n## ")[1:]:
+            name, _, body = block.partition("\n\n")
+            kept[name.strip()] = body
+    kept.update(sections)
+    ordered = [name for name in SECTIONS if name in kept]
+    return "\n".join(f"## {name}\n\n{kept[name].rstrip()}\n" for name in ordered)
 
 
 if __name__ == "__main__":

@@ -207,9 +207,9 @@ class StochasticGradientStep(BlockedStep):
         self._dtype = self._target.dtype
         self._size = self._target.size
         initial_point = model.initial_point()
-        self._default_start = DictToArrayBijection.map(
-            {var.name: initial_point[var.name] for var in self.vars}
-        ).data
+        mapped = DictToArrayBijection.map({var.name: initial_point[var.name] for var in self.vars})
+        self._default_start = mapped.data
+        self._point_map_info = mapped.point_map_info
         self._compile_kwargs = compile_kwargs or {}
         self.control_variate = ControlVariate.from_argument(control_variate)
         self._control_variate = None
@@ -552,14 +552,7 @@ class StochasticGradientStep(BlockedStep):
         return self._point(self._centre)
 
     def _point(self, vector: np.ndarray) -> dict:
-        point, offset = {}, 0
-        initial_point = self._target.model.initial_point()
-        for var in self.vars:
-            shape = np.shape(initial_point[var.name])
-            size = int(np.prod(shape, dtype=int))
-            point[var.name] = np.asarray(vector[offset : offset + size]).reshape(shape)
-            offset += size
-        return point
+        return DictToArrayBijection.rmap(RaveledVars(np.array(vector), self._point_map_info))
 
     # ---- minibatch gradient noise ------------------------------------------------------
     def _compile_gradient_pair(self):
