@@ -466,7 +466,7 @@ def merged_report(path: Path, sections: dict[str, str]) -> str:
     were, so that running one section does not discard the rest."""
     kept = {}
     if path.exists():
-        for block in path.read_text().split("\n## ")[1:]:
+        for block in ("\n" + path.read_text()).split("\n## ")[1:]:
             name, _, body = block.partition("\n\n")
             kept[name.strip()] = body
     kept.update(sections)
