@@ -304,3 +304,34 @@ def test_helper_noise_formula_matches_sampled_variance(regression):
     # The sample variance of 4000 draws has relative sd sqrt(2/4000) ≈ 2.2% (Gaussian).
     np.testing.assert_allclose(draws.var(axis=0), np.diag(expected), rtol=0.12)
     assert scipy.linalg.norm(expected) > 0
+
+
+def test_unconverged_map_search_warns(regression):
+    X, y, mean, _, _ = regression
+    with regression_model(X, y):
+        with pytest.warns(UserWarning, match="stopped before converging"):
+            step = sgmc.SGLD(step_size=1e-5, control_variate=ControlVariate(maxiter=1))
+    assert not step.map_result.converged
+    assert step.map_result.evaluations >= 2
+
+
+def test_minibatch_data_outside_observed_variables_is_refused(regression):
+    X, y, _, _, _ = regression
+    with pm.Model():
+        X_batch, y_batch = pm.Minibatch(X, y, batch_size=BATCH)
+        w = pm.Normal("w", 0, PRIOR_SD, shape=D)
+        pm.Potential("likelihood", pm.logp(pm.Normal.dist(X_batch @ w, NOISE_SD), y_batch))
+        with pytest.raises(NotImplementedError, match="Potential 'likelihood' uses pm.Minibatch"):
+            sgmc.SGLD(step_size=1e-5, control_variate=True)
+
+
+def test_observed_variable_with_two_minibatch_calls_is_refused(regression):
+    X, y, _, _, _ = regression
+    with pm.Model():
+        X_batch = pm.Minibatch(X, batch_size=BATCH)
+        y_batch = pm.Minibatch(y, batch_size=BATCH)
+        w = pm.Normal("w", 0, PRIOR_SD, shape=D)
+        with pytest.warns(UserWarning, match="several pm.Minibatch calls"):
+            pm.Normal("y", X_batch @ w, NOISE_SD, observed=y_batch, total_size=N)
+            with pytest.raises(NotImplementedError, match="depends on several pm.Minibatch"):
+                sgmc.SGLD(step_size=1e-5, control_variate=True)
