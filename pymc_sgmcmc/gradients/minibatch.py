@@ -108,7 +108,7 @@ class MinibatchLogPosterior:
             )
         self.gradient = pt.grad(self.logp, self.position)
 
-    def _replace_minibatches(self, logp, replacements) -> tuple[MinibatchStream, ...]:
+    def _replace_minibatches(self, logp, replacements) -> None:
         """Create one stream per Minibatch generator and map its outputs to indexed data."""
         self._stream_rngs: list = []
         self._shared_data: dict = {}
@@ -128,7 +128,6 @@ class MinibatchLogPosterior:
                 self._stream_rngs.append(node.inputs[-1])
         self.streams = tuple(streams)
         replacements.update(self._indexed_data([logp]))
-        return self.streams
 
     def _indexed_data(self, graphs) -> dict:
         """Replacements of the Minibatch outputs in ``graphs`` by their data at the index.
