@@ -29,6 +29,7 @@ import pytensor.tensor as pt
 
 from pymc.model import modelcontext
 
+from pymc_sgmcmc._validation import positive_int
 from pymc_sgmcmc.diagnostics.ksd import _FullDataScore, _ksd_with, ksd
 from pymc_sgmcmc.diagnostics.noise import noise_summary
 from pymc_sgmcmc.gradients import MinibatchLogPosterior
@@ -100,8 +101,8 @@ def scale_step_size_for_budget(step_size: float, *, steps_from: int, steps_to: i
     0.005
     """
     step_size = _positive_float("step_size", step_size)
-    steps_from = _positive_int("steps_from", steps_from)
-    steps_to = _positive_int("steps_to", steps_to)
+    steps_from = positive_int("steps_from", steps_from)
+    steps_to = positive_int("steps_to", steps_to)
     return float(step_size * (steps_to / steps_from) ** (-1.0 / 3.0))
 
 
@@ -235,10 +236,10 @@ def select_step_size(
     """
     model = modelcontext(model)
     sampler_class = _sampler_class(sampler)
-    draws = _positive_int("draws", draws)
+    draws = positive_int("draws", draws)
     tune = _non_negative_int("tune", tune)
-    chains = _positive_int("chains", chains)
-    rounds = _positive_int("rounds", rounds)
+    chains = positive_int("chains", chains)
+    rounds = positive_int("rounds", rounds)
     sampler_kwargs = dict(sampler_kwargs or {})
     if "step_size" in sampler_kwargs:
         raise ValueError("Pass the candidates as `step_sizes`, not in `sampler_kwargs`.")
@@ -446,12 +447,6 @@ def _positive_float(name: str, value) -> float:
     if not (np.isfinite(value) and value > 0):
         raise ValueError(f"`{name}` must be positive and finite, got {value!r}.")
     return float(value)
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return int(value)
 
 
 def _non_negative_int(name: str, value) -> int:

@@ -50,6 +50,7 @@ from pytensor.graph.replace import clone_replace, vectorize_graph
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor.type import discrete_dtypes
 
+from pymc_sgmcmc._validation import optional_positive_int
 from pymc_sgmcmc.diagnostics._trace import has_group
 
 __all__ = [
@@ -463,9 +464,9 @@ def _ksd_with(
     """:func:`ksd` with the model's compiled functions given."""
     model = scorer.model
     c, beta = _check_kernel_parameters(c, -0.5)
-    thin = _check_optional_positive_int("thin", thin)
-    max_draws = _check_optional_positive_int("max_draws", max_draws)
-    chunk_size = _check_optional_positive_int("chunk_size", chunk_size)
+    thin = optional_positive_int("thin", thin)
+    max_draws = optional_positive_int("max_draws", max_draws)
+    chunk_size = optional_positive_int("chunk_size", chunk_size)
     if chunk_size is None:
         raise TypeError("`chunk_size` must be a positive integer, got None.")
     if not isinstance(standardize, bool | np.bool_):
@@ -542,14 +543,6 @@ def _ksd_with(
             rv for rv, value in zip(rv_names, value_names, strict=True) if value in selected
         ),
     )
-
-
-def _check_optional_positive_int(name: str, value) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer or None, got {value!r}.")
-    return int(value)
 
 
 def _selected_value_names(var_names, rv_names, value_names) -> set[str]:

@@ -14,18 +14,19 @@ after one optimisation and one full pass over the data.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from pymc.blocking import DictToArrayBijection
 
+from pymc_sgmcmc._validation import optional_positive_int, positive_int
 from pymc_sgmcmc.gradients.full_data import FullDataLogPosterior, MaximumAPosteriori
 
 __all__ = ["BoundControlVariate", "ControlVariate", "control_variate_gradient"]
 
 
-def control_variate_gradient(target, position, indices, centre, centre_gradient):
+def control_variate_gradient(
+    target, position, indices, centre, centre_gradient, minibatch_gradient=None
+):
     """``g_cv(θ) = ∇ log π(θ̂) + ∇ log π̂(θ) − ∇ log π̂(θ̂)`` as a graph.
 
     Parameters
@@ -37,12 +38,12 @@ def control_variate_gradient(target, position, indices, centre, centre_gradient)
         The minibatch of each stream; the same rows enter both minibatch terms.
     centre, centre_gradient : TensorVariable
         ``θ̂`` and the full-data ``∇ log π(θ̂)``, shape ``(d,)``.
+    minibatch_gradient : TensorVariable, optional
+        ``∇ log π̂(θ)`` on these indices where the caller has built it already.
     """
-    return (
-        centre_gradient
-        + target.gradient_at(position, indices)
-        - target.gradient_at(centre, indices)
-    )
+    if minibatch_gradient is None:
+        minibatch_gradient = target.gradient_at(position, indices)
+    return centre_gradient + minibatch_gradient - target.gradient_at(centre, indices)
 
 
 class ControlVariate:
@@ -97,13 +98,9 @@ class ControlVariate:
         if isinstance(centre, str) and centre != "map":
             raise ValueError(f'`centre` must be "map", a dict or an array, got {centre!r}.')
         self.centre = centre
-        self.refresh_interval = _optional_positive_int("refresh_interval", refresh_interval)
-        self.chunk_size = _optional_positive_int("chunk_size", chunk_size)
-        if self.chunk_size is None:
-            raise ValueError("`chunk_size` must be a positive integer, got None.")
-        self.maxiter = _optional_positive_int("maxiter", maxiter)
-        if self.maxiter is None:
-            raise ValueError("`maxiter` must be a positive integer, got None.")
+        self.refresh_interval = optional_positive_int("refresh_interval", refresh_interval)
+        self.chunk_size = positive_int("chunk_size", chunk_size)
+        self.maxiter = positive_int("maxiter", maxiter)
 
     def __repr__(self):
         centre = self.centre if isinstance(self.centre, str) else "<given>"
@@ -173,14 +170,6 @@ class BoundControlVariate:
     @property
     def refresh_interval(self) -> int | None:
         return self.config.refresh_interval
-
-
-def _optional_positive_int(name: str, value) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer or None, got {value!r}.")
-    return int(value)
 
 
 def _raveled_centre(centre, value_vars, size: int) -> np.ndarray:

@@ -9,7 +9,6 @@ summed, so memory is bounded by the chunk size whatever N is.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ import pytensor.tensor as pt
 
 from pytensor.graph.replace import vectorize_graph
 from scipy import optimize
+
+from pymc_sgmcmc._validation import positive_int
 
 __all__ = ["FullDataLogPosterior", "MaximumAPosteriori"]
 
@@ -71,13 +72,7 @@ class FullDataLogPosterior:
     """
 
     def __init__(self, target, *, chunk_size: int = 65536, compile_kwargs: dict | None = None):
-        if (
-            isinstance(chunk_size, bool)
-            or not isinstance(chunk_size, numbers.Integral)
-            or chunk_size < 1
-        ):
-            raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = positive_int("chunk_size", chunk_size)
         self.size = target.size
         self.streams = target.streams
         compile_kwargs = compile_kwargs or {}

@@ -307,19 +307,18 @@ class StochasticGradientStep(BlockedStep):
     def _gradient(self, position, indices, parameters, minibatch_gradient=None):
         """The gradient estimate the update rule sees: plain minibatch or control variate."""
         target = self._target
-        if self._control_variate is None:
-            if minibatch_gradient is not None:
-                return minibatch_gradient
-            return target.gradient_at(position, indices)
-        if minibatch_gradient is None:
+        if self._control_variate is not None:
             return control_variate_gradient(
-                target, position, indices, parameters["centre"], parameters["centre_gradient"]
+                target,
+                position,
+                indices,
+                parameters["centre"],
+                parameters["centre_gradient"],
+                minibatch_gradient,
             )
-        return (
-            parameters["centre_gradient"]
-            + minibatch_gradient
-            - target.gradient_at(parameters["centre"], indices)
-        )
+        if minibatch_gradient is not None:
+            return minibatch_gradient
+        return target.gradient_at(position, indices)
 
     def _compile_kernel(self, compile_kwargs: dict):
         target = self._target
