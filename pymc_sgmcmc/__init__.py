@@ -7,12 +7,14 @@ Feed data through ``pm.Minibatch(...)`` with ``total_size=N`` and sample with
 """
 
 from pymc_sgmcmc import diagnostics, schedules
+from pymc_sgmcmc._warnings import SamplerDivergenceWarning, SGMCMCWarning
 from pymc_sgmcmc.gradients import ControlVariate
 from pymc_sgmcmc.preconditioners import RMSprop
 from pymc_sgmcmc.step_methods import (
     SGHMC,
     SGLD,
     SGNHT,
+    InitialEvaluationError,
     MinibatchNoiseWarning,
     SamplerDivergenceError,
     pSGLD,
@@ -26,8 +28,11 @@ __all__ = [
     "pSGLD",
     "ControlVariate",
     "RMSprop",
+    "InitialEvaluationError",
     "MinibatchNoiseWarning",
+    "SGMCMCWarning",
     "SamplerDivergenceError",
+    "SamplerDivergenceWarning",
     "StepSizeSelection",
     "diagnostics",
     "scale_step_size_for_budget",

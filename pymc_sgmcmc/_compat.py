@@ -5,11 +5,21 @@ from __future__ import annotations
 import inspect
 import numbers
 
+from typing import NamedTuple
+
 import arviz
 import numpy as np
 import pymc
+import pymc.pytensorf
 
-__all__ = ["DIVERGING_DTYPE", "PYMC_MAJOR", "sampling_chain_index"]
+__all__ = [
+    "DIVERGING_DTYPE",
+    "PYMC_MAJOR",
+    "ChainContext",
+    "compile_function",
+    "sampling_chain_context",
+    "sampling_initvals",
+]
 
 PYMC_MAJOR = int(pymc.__version__.split(".")[0])
 
@@ -19,24 +29,80 @@ PYMC_MAJOR = int(pymc.__version__.split(".")[0])
 DIVERGING_DTYPE = np.float64 if int(arviz.__version__.split(".")[0]) >= 1 else np.bool_
 
 
-def sampling_chain_index() -> int | None:
-    """Index of the chain that ``pm.sample`` is setting up, or None outside ``pm.sample``.
+#: PyMC's ``compile`` (``compile_pymc`` before PyMC 5.22): ``pytensor.function`` with
+#: PyMC's rewrites, among them the one that turns a parameter check (``sigma > 0``) into a
+#: log density of -inf instead of an exception, so a blow-up reads as a divergence.
+_pymc_compile = getattr(pymc.pytensorf, "compile", None) or pymc.pytensorf.compile_pymc
+
+
+def compile_function(inputs, outputs, **kwargs):
+    """Compile a graph of the package the way PyMC compiles log densities."""
+    return _pymc_compile(inputs, outputs, **kwargs)
+
+
+class ChainContext(NamedTuple):
+    """What ``pm.sample`` knows of the chain being set up; None where it cannot be read."""
+
+    chain: int | None
+    tune: int | None
+    draws: int | None
+
+
+def sampling_chain_context(tune: int | None = None, draws: int | None = None) -> ChainContext:
+    """The chain number and its tuning and sampling draws, read from PyMC's sampling loop.
 
     PyMC hands a step method a generator per chain (``set_rng`` on PyMC 5,
-    ``setup_chain`` on PyMC 6) but not the chain's number; error messages name the chain,
-    so it is read from PyMC's sampling loop (``chain`` there, ``self.chain`` in a worker
-    process) once per chain, never on the hot path.
+    ``setup_chain(rng, tune, draws)`` on PyMC 6) but not the chain's number, nor on PyMC 5
+    its length; messages name the chain and the divergence summary is given at the
+    chain's last draw, so they are read from PyMC's sampling loop (locals of
+    ``_iter_sample``, or ``self`` of a worker process) once per chain, never on the hot
+    path. ``tune`` and ``draws`` given (PyMC 6) take precedence.
     """
     frame = inspect.currentframe()
     try:
         while frame is not None:
             if frame.f_globals.get("__name__", "").startswith("pymc.sampling"):
-                chain = frame.f_locals.get("chain")
-                if chain is None:
-                    chain = getattr(frame.f_locals.get("self"), "chain", None)
+                local = frame.f_locals
+                worker = local.get("self")
+                chain = local.get("chain", getattr(worker, "chain", None))
                 if isinstance(chain, numbers.Integral):
-                    return int(chain)
+                    if tune is None or draws is None:
+                        tune, draws = _loop_lengths(local, worker)
+                    return ChainContext(int(chain), tune, draws)
             frame = frame.f_back
-        return None
+        return ChainContext(None, tune, draws)
+    finally:
+        del frame
+
+
+def _loop_lengths(local, worker) -> tuple[int | None, int | None]:
+    # _iter_sample's `draws` counts the tuning draws too; a worker's `_draws` does not.
+    tune = local.get("tune")
+    total = local.get("draws")
+    if isinstance(tune, numbers.Integral) and isinstance(total, numbers.Integral):
+        return int(tune), int(total) - int(tune)
+    tune, draws = getattr(worker, "_tune", None), getattr(worker, "_draws", None)
+    if isinstance(tune, numbers.Integral) and isinstance(draws, numbers.Integral):
+        return int(tune), int(draws)
+    return None, None
+
+
+def sampling_initvals():
+    """The ``initvals`` the user passed to the running ``pm.sample`` (None if none were, or
+    outside ``pm.sample``), and whether ``pm.sample`` was found at all.
+
+    A step method sees only each chain's start point, not whether the user chose it; it
+    jitters the starts it was not given.
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            code = frame.f_code
+            if code.co_name == "sample" and frame.f_globals.get("__name__") == (
+                "pymc.sampling.mcmc"
+            ):
+                return frame.f_locals.get("initvals"), True
+            frame = frame.f_back
+        return None, False
     finally:
         del frame

@@ -191,12 +191,24 @@ def as_schedule(step_size) -> Callable:
     return constant(step_size)
 
 
+def _step_size_value(schedule: Callable, step: int) -> float:
+    """A user schedule's value at one step, as a float: a number or a one-element array."""
+    value = schedule(step)
+    array = np.asarray(value)
+    if array.size != 1 or array.dtype.kind not in "biuf":
+        raise ValueError(
+            f"The step-size schedule must return one real number per SG step; at step {step} "
+            f"it returned {value!r} (shape {array.shape}, dtype {array.dtype})."
+        )
+    return float(array.reshape(()))
+
+
 def evaluate_schedule(schedule: Callable, steps: np.ndarray) -> np.ndarray:
     """Step sizes of ``schedule`` at the SG step counts ``steps``, checked positive and finite."""
     if isinstance(schedule, Schedule):
         # Built-in schedules are vectorised and were checked when built.
         return np.asarray(schedule(steps), dtype=float)
-    values = np.array([float(schedule(int(k))) for k in steps])
+    values = np.array([_step_size_value(schedule, int(k)) for k in steps])
     if not np.all(np.isfinite(values) & (values > 0)):
         bad = int(np.flatnonzero(~(np.isfinite(values) & (values > 0)))[0])
         raise ValueError(

@@ -30,6 +30,7 @@ import pytensor.tensor as pt
 from pymc.model import modelcontext
 
 from pymc_sgmcmc._validation import positive_int
+from pymc_sgmcmc._warnings import SamplerDivergenceWarning
 from pymc_sgmcmc.diagnostics.ksd import _FullDataScore, _ksd_with, ksd
 from pymc_sgmcmc.diagnostics.noise import noise_summary
 from pymc_sgmcmc.gradients import MinibatchLogPosterior
@@ -38,7 +39,6 @@ from pymc_sgmcmc.step_methods import (
     SGLD,
     SGNHT,
     MinibatchNoiseWarning,
-    SamplerDivergenceError,
     pSGLD,
 )
 from pymc_sgmcmc.step_methods.base import StochasticGradientStep
@@ -116,8 +116,9 @@ class StepSizeSelection:
         The candidate with the smallest KSD in the last round.
     table : pandas.DataFrame
         One row per run: ``round``, ``step_size``, ``draws`` (per chain), ``ksd``
-        (pooled, standardised; inf if the run diverged), ``ksd_worst_chain``,
-        ``noise_ratio`` (mean over the draws), ``diverged`` and ``seconds`` (wall time
+        (pooled, standardised; inf if the run diverged or failed), ``ksd_worst_chain``,
+        ``noise_ratio`` (mean over the draws), ``diverged`` (any diverging draw, or an
+        error), ``error`` (the error's first line, or empty) and ``seconds`` (wall time
         of sampling and KSD).
     sampler : str
         Name of the step method.
@@ -214,8 +215,9 @@ def select_step_size(
 
     Notes
     -----
-    A run that diverges (:class:`~pymc_sgmcmc.SamplerDivergenceError`), or whose draws
-    have a non-finite full-data score, scores ``inf``. Minibatch-noise warnings of the
+    A run with any diverging draw, or that fails in any other way (an error inside
+    sampling, draws with a non-finite full-data score), scores ``inf`` and the search
+    goes on; the ``error`` column says what happened. Minibatch-noise warnings of the
     runs are silenced; their ``noise_ratio`` is in the table. KSD compares the draws
     with the posterior at ``temperature=1``: select with ``temperature=1`` even if the
     final run is tempered. The chosen step size is best for the budget it was tried at;
@@ -311,13 +313,15 @@ def select_step_size(
             )
             candidates = sorted(row["step_size"] for row in scored[: max(1, len(scored) // 2)])
             round_draws *= 2
+    exceptions = [row.pop("_exception", None) for row in rows]
     table = pd.DataFrame(rows)
     last = table[table["round"] == rounds - 1]
     if not np.isfinite(last["ksd"]).any():
+        first = next(error for error in exceptions if error is not None)
         raise RuntimeError(
-            "Every candidate step size diverged or gave non-finite scores; try smaller "
-            f"step sizes than {min(candidates):.3g}.\n{table}"
-        )
+            "Every candidate step size diverged or failed (see the `error` column); try "
+            f"smaller step sizes than {min(candidates):.3g}.\n{table}"
+        ) from first
     best = float(last.loc[last["ksd"].idxmin(), "step_size"])
     return StepSizeSelection(
         step_size=best,
@@ -343,11 +347,15 @@ def _score(
     start = time.perf_counter()
     try:
         with model, warnings.catch_warnings():
-            # Large candidates are meant to be noisy; the table records their noise_ratio.
+            # Large candidates are meant to be noisy or to diverge; the table records both.
             warnings.simplefilter("ignore", MinibatchNoiseWarning)
+            warnings.simplefilter("ignore", SamplerDivergenceWarning)
             idata = pm.sample(
                 draws=draws, tune=tune, step=step, random_seed=random_seed, **sample_kwargs
             )
+        divergences = int(np.sum(idata["sample_stats"]["diverging"].values))
+        if divergences:
+            raise _CandidateDiverged(f"{divergences} diverging draws")
         result = _ksd_with(scorer, idata, **ksd_kwargs)
         noise = noise_summary(idata).pooled
         row.update(
@@ -355,26 +363,33 @@ def _score(
             ksd_worst_chain=float(np.max(result.per_chain)),
             noise_ratio=noise,
             diverged=False,
+            error="",
         )
     except Exception as error:
-        if not (_caused_by_divergence(error) or _non_finite_scores(error)):
-            raise
-        row.update(ksd=np.inf, ksd_worst_chain=np.inf, noise_ratio=np.nan, diverged=True)
+        # Whatever failed inside a run (a divergence, a parameter check, a linear-algebra
+        # error on wild draws), the candidate is out and the search goes on.
+        row.update(
+            ksd=np.inf,
+            ksd_worst_chain=np.inf,
+            noise_ratio=np.nan,
+            diverged=True,
+            error=_first_line(error),
+        )
+        row["_exception"] = error
     row["seconds"] = time.perf_counter() - start
     return row
 
 
-def _caused_by_divergence(error: BaseException) -> bool:
+class _CandidateDiverged(Exception):
+    """A candidate's run had diverging draws."""
+
+
+def _first_line(error: BaseException) -> str:
     # With cores > 1 PyMC re-raises a worker's error as the cause of its own.
-    while error is not None:
-        if isinstance(error, SamplerDivergenceError):
-            return True
+    while error.__cause__ is not None:
         error = error.__cause__
-    return False
-
-
-def _non_finite_scores(error: BaseException) -> bool:
-    return isinstance(error, ValueError) and "non-finite" in str(error)
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
 def _default_grid(full_model, sampler_class, sampler_kwargs) -> list[float]:

@@ -29,7 +29,7 @@ def idata(request):
         if request.param == "SGLD":
             step = sgmc.SGLD(step_size=2e-4, steps_per_draw=5)
         else:
-            step = sgmc.SGHMC(step_size=0.01, friction=30.0, steps_per_draw=5)
+            step = sgmc.SGHMC(step_size=0.01, friction=60.0, steps_per_draw=5)
         return pm.sample(draws=300, tune=100, chains=2, step=step, random_seed=3, progressbar=False)
 
 

@@ -99,13 +99,14 @@ def test_a_step_over_some_variables_only_is_refused():
             sgmc.SGLD([x], step_size=0.1)
 
 
+@pytest.mark.filterwarnings("ignore::pymc_sgmcmc.MinibatchNoiseWarning")
 def test_a_diverging_chain_stops_with_a_clear_error(model):
     with model, pytest.raises(sgmc.SamplerDivergenceError) as error:
         pm.sample(
             draws=200,
             tune=0,
             chains=1,
-            step=sgmc.SGLD(step_size=1.0),
+            step=sgmc.SGLD(step_size=1.0, on_divergence="raise"),
             random_seed=1,
             progressbar=False,
         )

@@ -42,7 +42,7 @@ def test_plain_sgld_at_that_step_size_diverges():
     with pm.Model():
         pm.Normal("x", 0, SD, shape=2)
         # η / s² = 4 > 2 in the narrow coordinate: it grows threefold per step.
-        step = sgmc.SGLD(step_size=0.01, steps_per_draw=10)
+        step = sgmc.SGLD(step_size=0.01, steps_per_draw=10, on_divergence="raise")
         with pytest.raises(sgmc.SamplerDivergenceError, match="diverged"):
             pm.sample(draws=500, tune=0, chains=1, step=step, random_seed=1, progressbar=False)
 

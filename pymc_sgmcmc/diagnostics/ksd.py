@@ -43,15 +43,13 @@ import pytensor
 import pytensor.tensor as pt
 import xarray as xr
 
-from pymc.data import MinibatchOp
 from pymc.model import modelcontext
-from pymc.model.transform.basic import remove_minibatched_nodes
 from pytensor.graph.replace import clone_replace, vectorize_graph
-from pytensor.graph.traversal import ancestors
 from pytensor.tensor.type import discrete_dtypes
 
 from pymc_sgmcmc._validation import optional_positive_int
 from pymc_sgmcmc.diagnostics._trace import has_group
+from pymc_sgmcmc.full_data import full_data_model
 
 __all__ = [
     "KSDResult",
@@ -395,7 +393,9 @@ def ksd(
     ------
     ValueError
         For discrete free variables (no score), missing variables in the posterior,
-        non-finite draws or scores, or bad arguments.
+        non-finite draws or scores, bad arguments, or a ``pm.Potential`` that uses
+        ``pm.Minibatch`` (its term has no full-data form: write that likelihood as an
+        observed variable with ``total_size``).
 
     References
     ----------
@@ -574,15 +574,11 @@ def _full_data_model(model):
     """The model with every ``pm.Minibatch`` replaced by its whole data set.
 
     Replacing the Minibatch outputs inside ``model.logp()`` is not enough: the log density
-    graph is built for the batch's static shape (e.g. ``Alloc(..., 100)``). PyMC's model
-    transform rebuilds the model on the full data, so its ``logp()`` is derived anew and
-    the ``total_size`` scaling becomes ``N/N``.
+    graph is built for the batch's static shape (e.g. ``Alloc(..., 100)``). The model is
+    rebuilt on the full data instead (see :func:`pymc_sgmcmc.full_data.full_data_model`),
+    so its ``logp()`` is derived anew, without the ``total_size`` scaling.
     """
-    uses_minibatch = any(
-        var.owner is not None and isinstance(var.owner.op, MinibatchOp)
-        for var in ancestors([model.logp()])
-    )
-    return remove_minibatched_nodes(model) if uses_minibatch else model
+    return full_data_model(model)
 
 
 def _batched_function(inputs, outputs):

@@ -14,6 +14,8 @@ after one optimisation and one full pass over the data.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from pymc.blocking import DictToArrayBijection
@@ -118,6 +120,16 @@ class ControlVariate:
             return value
         if value is True:
             return cls()
+        if isinstance(value, numbers.Number | np.bool_) or (
+            isinstance(value, np.ndarray) and value.ndim == 0
+        ):
+            # 0 or 1 is a flag mistyped, not a centre; a centre is a point or a vector.
+            raise TypeError(
+                '`control_variate` must be None or False (off), True or "map" (centre at '
+                "the MAP), a point (dict of value-variable names to arrays), a raveled array "
+                f"or a ControlVariate; got the number {value!r}. For a model with one scalar "
+                "parameter pass the centre as an array, e.g. np.array([0.5])."
+            )
         return cls(centre=value)
 
     def bind(self, target, value_vars, start, compile_kwargs=None) -> BoundControlVariate:

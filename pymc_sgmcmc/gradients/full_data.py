@@ -9,18 +9,17 @@ summed, so memory is bounded by the chunk size whatever N is.
 
 from __future__ import annotations
 
-import warnings
-
 from dataclasses import dataclass
 
 import numpy as np
-import pytensor
 import pytensor.tensor as pt
 
 from pytensor.graph.replace import vectorize_graph
 from scipy import optimize
 
+from pymc_sgmcmc._compat import compile_function
 from pymc_sgmcmc._validation import positive_int
+from pymc_sgmcmc._warnings import warn
 
 __all__ = ["FullDataLogPosterior", "MaximumAPosteriori"]
 
@@ -74,11 +73,12 @@ class FullDataLogPosterior:
     def __init__(self, target, *, chunk_size: int = 65536, compile_kwargs: dict | None = None):
         self.chunk_size = positive_int("chunk_size", chunk_size)
         self.size = target.size
+        self.dtype = target.dtype
         self.streams = target.streams
         compile_kwargs = compile_kwargs or {}
         position = target.position
         fixed, rows = target.split_by_stream()
-        self._fixed = pytensor.function(
+        self._fixed = compile_function(
             [position], [fixed, pt.grad(fixed, position)], **compile_kwargs
         )
         self._chunks = []
@@ -88,7 +88,7 @@ class FullDataLogPosterior:
             rows_matrix = vectorize_graph(per_row, {stream.index: index_matrix})
             total = pt.sum(weights * rows_matrix)
             self._chunks.append(
-                pytensor.function(
+                compile_function(
                     [position, index_matrix, weights],
                     [total, pt.grad(total, position)],
                     **compile_kwargs,
@@ -106,7 +106,7 @@ class FullDataLogPosterior:
             padded = -(-count // batch) * batch
             indices = np.zeros(padded, dtype=stream.index.dtype)
             indices[:count] = np.arange(start, start + count)
-            weights = np.zeros(padded)
+            weights = np.zeros(padded, dtype=self.dtype)
             weights[:count] = weight
             yield indices.reshape(-1, batch), weights.reshape(-1, batch)
 
@@ -118,11 +118,13 @@ class FullDataLogPosterior:
                 f"`position` must have shape ({self.size},) (the raveled parameters), "
                 f"got {position.shape}."
             )
-        logp, gradient = self._fixed(position)
+        # Evaluated in floatX (float32 too), summed in float64.
+        typed = position.astype(self.dtype)
+        logp, gradient = self._fixed(typed)
         logp, gradient = float(logp), np.array(gradient, dtype=float)
         for stream, function in zip(self.streams, self._chunks, strict=True):
             for indices, weights in self._stream_chunks(stream):
-                chunk_logp, chunk_gradient = function(position, indices, weights)
+                chunk_logp, chunk_gradient = function(typed, indices, weights)
                 logp += float(chunk_logp)
                 gradient += chunk_gradient
         self.evaluations += 1
@@ -162,12 +164,10 @@ class FullDataLogPosterior:
                 "ControlVariate(centre=pm.find_MAP(...))."
             )
         if not result.success:
-            warnings.warn(
+            warn(
                 f"The MAP search stopped before converging after {result.nit} iterations "
                 f"({result.message}); the control variate stays unbiased, but its noise "
-                "grows with the distance from the mode. Raise `maxiter`, or pass a centre.",
-                UserWarning,
-                stacklevel=3,
+                "grows with the distance from the mode. Raise `maxiter`, or pass a centre."
             )
         return MaximumAPosteriori(
             position=np.asarray(result.x, dtype=float),

@@ -11,7 +11,7 @@ steps run inside one compiled ``scan`` with a fresh minibatch each.
 
 from __future__ import annotations
 
-import warnings
+import dataclasses
 
 from dataclasses import dataclass
 
@@ -25,6 +25,9 @@ from pytensor.graph.replace import clone_replace
 from pytensor.graph.traversal import ancestors, io_toposort
 from pytensor.tensor.random.type import RandomType
 from pytensor.tensor.variable import TensorConstant
+
+from pymc_sgmcmc._compat import compile_function
+from pymc_sgmcmc._warnings import warn
 
 __all__ = ["MinibatchLogPosterior", "MinibatchStream"]
 
@@ -93,10 +96,13 @@ class MinibatchLogPosterior:
         self._value_replacements = dict(replacements)
         logp = model.logp(jacobian=True)
         self._replace_minibatches(logp, replacements)
-        _warn_missing_total_size(model)
-        _warn_unpaired_minibatches(model)
         # Kept for graphs of other pieces of the log density (full-data passes in chunks).
         self.model = model
+        _warn_missing_total_size(model)
+        _warn_unpaired_minibatches(model)
+        self._warn_total_size()
+        self._terms_function = None
+        self._data_function = None
 
         self.logp = clone_replace(logp, replacements).astype(self.dtype)
         leftover = [var for var in ancestors([self.logp]) if isinstance(var.type, RandomType)]
@@ -111,6 +117,7 @@ class MinibatchLogPosterior:
     def _replace_minibatches(self, logp, replacements) -> None:
         """Create one stream per Minibatch generator and map its outputs to indexed data."""
         self._stream_rngs: list = []
+        self._stream_data: list[list] = []
         self._shared_data: dict = {}
         streams = []
         for node in io_toposort([], [logp]):
@@ -126,6 +133,7 @@ class MinibatchLogPosterior:
                 index = pt.vector(f"minibatch_index_{len(streams)}", dtype=index_dtype)
                 streams.append(MinibatchStream(index, int(data_size), int(batch_size)))
                 self._stream_rngs.append(node.inputs[-1])
+                self._stream_data.append(list(node.inputs[:-1]))
         self.streams = tuple(streams)
         replacements.update(self._indexed_data([logp]))
 
@@ -170,6 +178,147 @@ class MinibatchLogPosterior:
     def draw_indices(self, rng: np.random.Generator, steps: int) -> list[np.ndarray]:
         """Indices of every stream for ``steps`` fresh minibatches."""
         return [stream.draw(rng, steps) for stream in self.streams]
+
+    # ---- checks before a chain starts ----------------------------------------------------
+    def _observed_of_stream(self, number: int) -> list[str]:
+        rng = self._stream_rngs[number]
+        return [
+            rv.name
+            for rv in self.model.observed_RVs
+            if rng in _minibatch_rngs([rv, self.model.rvs_to_values[rv]])
+        ]
+
+    def check_data(self) -> None:
+        """Read the data's current size and refuse NaN, before a chain starts.
+
+        ``pm.set_data`` may have changed the data since the step was built: every stream
+        follows its data's current number of rows, so no index ever reads past it.
+        """
+        if not self.streams:
+            return
+        if self._data_function is None:
+            flat = [tensor for data in self._stream_data for tensor in data]
+            self._data_function = pytensor.function([], flat, on_unused_input="ignore")
+        arrays = iter(self._data_function())
+        streams, changed = [], False
+        for number, (stream, data) in enumerate(zip(self.streams, self._stream_data, strict=True)):
+            values = [np.asarray(next(arrays)) for _ in data]
+            users = ", ".join(repr(name) for name in self._observed_of_stream(number)) or "none"
+            for position, (tensor, value) in enumerate(zip(data, values, strict=True)):
+                if value.dtype.kind in "fc" and np.isnan(value).any():
+                    rows = np.flatnonzero(np.isnan(value.reshape(value.shape[0], -1)).any(axis=1))
+                    label = f" {tensor.name!r}" if tensor.name else ""
+                    raise ValueError(
+                        f"The data{label} given to pm.Minibatch (input {position + 1} of "
+                        f"{len(data)}, used by observed variable(s) {users}) holds NaN in "
+                        f"{rows.size} of its {value.shape[0]} rows (the first: "
+                        f"{rows[:5].tolist()}). A minibatch with these rows has a NaN log "
+                        "density, which would read as divergences. Drop or impute those rows "
+                        "before pm.Minibatch."
+                    )
+            rows = {value.shape[0] for value in values}
+            if len(rows) > 1:
+                raise ValueError(
+                    f"The data of one pm.Minibatch call (used by {users}) have different "
+                    f"numbers of rows {sorted(rows)}; they must match row by row."
+                )
+            (size,) = rows
+            if size != stream.data_size:
+                stream = dataclasses.replace(stream, data_size=int(size))
+                changed = True
+            streams.append(stream)
+        if changed:
+            self.streams = tuple(streams)
+            self._warn_total_size()
+
+    def _warn_total_size(self) -> None:
+        """Warn where ``total_size`` differs from the rows its ``pm.Minibatch`` draws from."""
+        model = self.model
+        stream_of_rng = {rng: number for number, rng in enumerate(self._stream_rngs)}
+        for rv in model.observed_RVs:
+            if not isinstance(rv.owner.op, MinibatchRandomVariable):
+                continue
+            first = rv.owner.inputs[1]
+            if first.type.ndim != 0 or not hasattr(first, "data"):
+                continue
+            total = int(first.data)
+            rngs = _minibatch_rngs([rv, model.rvs_to_values[rv]])
+            if not rngs:
+                batch = int(pytensor.function([], model.rvs_to_values[rv].shape[0])())
+                if batch == total:
+                    # All the data, with total_size = N: no scaling, nothing fixed.
+                    continue
+                warn(
+                    f"Observed variable {rv.name!r} has total_size={total}, but its data "
+                    "does not come from pm.Minibatch: the samplers cannot draw fresh "
+                    f"batches, so every step sees the same {batch} rows, scaled by "
+                    f"total_size/{batch} = {total / batch:.4g}. The gradients are then "
+                    "exact for that one batch (noise_ratio 0) and the posterior is that of "
+                    "this batch, not of the data set. Feed the data through "
+                    "pm.Minibatch(data, batch_size=B), which the samplers redraw at every "
+                    "step."
+                )
+                continue
+            if len(rngs) != 1:
+                continue
+            stream = self.streams[stream_of_rng[rngs.pop()]]
+            if total != stream.data_size:
+                warn(
+                    f"Observed variable {rv.name!r} has total_size={total}, but its "
+                    f"pm.Minibatch draws from {stream.data_size} rows: its likelihood is "
+                    f"scaled by total_size/batch_size = {total / stream.batch_size:.4g} "
+                    f"instead of {stream.data_size / stream.batch_size:.4g}, i.e. weighted "
+                    f"{total / stream.data_size:.3g} times the data's, which makes the "
+                    f"posterior about {np.sqrt(total / stream.data_size):.3g} times narrower "
+                    f"(sd). Pass total_size={stream.data_size} unless you mean it."
+                )
+
+    def non_finite_terms(self, position) -> dict[str, float]:
+        """The terms of the log density that are not finite at ``position`` on some rows.
+
+        Each term (a free variable's prior with its log-Jacobian, an observed variable's
+        likelihood, a potential) is summed over every row of the data, one minibatch-sized
+        block of consecutive rows at a time, with the compiled minibatch graph.
+        """
+        if self._terms_function is None:
+            self._terms_function = self._compile_terms()
+        names, function = self._terms_function
+        position = np.asarray(position, dtype=self.dtype)
+        bad: dict[str, float] = {}
+        for indices in self._sweep():
+            values = function(position, *indices)
+            for name, value in zip(names, values, strict=True):
+                if name not in bad and not np.isfinite(value):
+                    bad[name] = float(value)
+            if len(bad) == len(names):
+                break
+        return bad
+
+    def _compile_terms(self):
+        model = self.model
+        terms = [*model.free_RVs, *model.observed_RVs, *model.potentials]
+        logps = model.logp(vars=terms, jacobian=True, sum=False)
+        sums = [pt.sum(logp) for logp in logps]
+        replace = {**self._value_replacements, **self._indexed_data(sums)}
+        sums = clone_replace(sums, replace)
+        function = compile_function([self.position, *self.indices], sums, on_unused_input="ignore")
+        return [term.name for term in terms], function
+
+    def _sweep(self):
+        """Index sets that together cover every row of every stream."""
+        if not self.streams:
+            yield []
+            return
+        first = [
+            np.arange(stream.batch_size, dtype=stream.index.dtype) % stream.data_size
+            for stream in self.streams
+        ]
+        for number, stream in enumerate(self.streams):
+            for start in range(0, stream.data_size, stream.batch_size):
+                rows = np.arange(start, start + stream.batch_size)
+                indices = list(first)
+                indices[number] = np.minimum(rows, stream.data_size - 1).astype(stream.index.dtype)
+                yield indices
 
     def split_by_stream(self):
         """The log density split into a part without minibatches and per-row likelihoods.
@@ -230,12 +379,10 @@ def _warn_missing_total_size(model) -> None:
         if isinstance(rv.owner.op, MinibatchRandomVariable):
             continue
         if _minibatch_rngs([model.rvs_to_values[rv]]):
-            warnings.warn(
+            warn(
                 f"Observed variable {rv.name!r} uses pm.Minibatch but has no `total_size`: its "
                 "likelihood is not scaled by N/B, so the posterior will be biased (far too "
-                f"wide). Pass `total_size=N` (the number of rows) to {rv.name!r}.",
-                UserWarning,
-                stacklevel=4,
+                f"wide). Pass `total_size=N` (the number of rows) to {rv.name!r}."
             )
 
 
@@ -250,10 +397,8 @@ def _minibatch_rngs(variables) -> set:
 def _warn_unpaired_minibatches(model) -> None:
     for rv in model.observed_RVs:
         if len(_minibatch_rngs([rv, model.rvs_to_values[rv]])) > 1:
-            warnings.warn(
+            warn(
                 f"Observed variable {rv.name!r} depends on several pm.Minibatch calls, which "
                 "draw their rows independently, so inputs and outputs no longer match. "
-                "Draw them together: X_batch, y_batch = pm.Minibatch(X, y, batch_size=B).",
-                UserWarning,
-                stacklevel=4,
+                "Draw them together: X_batch, y_batch = pm.Minibatch(X, y, batch_size=B)."
             )

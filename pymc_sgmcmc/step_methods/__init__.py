@@ -1,7 +1,8 @@
 """PyMC step methods: thin adapters around the update rules."""
 
+from pymc_sgmcmc._warnings import MinibatchNoiseWarning
 from pymc_sgmcmc.step_methods.base import (
-    MinibatchNoiseWarning,
+    InitialEvaluationError,
     SamplerDivergenceError,
     StochasticGradientStep,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "SGHMC",
     "SGNHT",
     "pSGLD",
+    "InitialEvaluationError",
     "MinibatchNoiseWarning",
     "SamplerDivergenceError",
     "StochasticGradientStep",

@@ -9,12 +9,15 @@ standard normal noise and minibatch indices from the chain's own generator.
 It also measures the minibatch gradient noise: every ``noise_estimate_interval`` draws it
 takes two independent minibatch gradients at the chain's position, and records how the
 noise they carry compares with the noise the sampler injects (the ``noise_ratio`` stat).
+
+A draw whose state or log density turns non-finite is a divergence: it is recorded with
+``diverging = 1`` and the chain goes on from its last finite state (or, with
+``on_divergence="raise"``, stops with :class:`SamplerDivergenceError`).
 """
 
 from __future__ import annotations
 
 import numbers
-import warnings
 
 import numpy as np
 import pytensor
@@ -28,7 +31,13 @@ from pymc.step_methods.state import dataclass_state
 from pymc.util import RandomGeneratorState, get_random_generator, get_value_vars_from_user_vars
 from pytensor.tensor.type import discrete_dtypes
 
-from pymc_sgmcmc._compat import DIVERGING_DTYPE, sampling_chain_index
+from pymc_sgmcmc._compat import (
+    DIVERGING_DTYPE,
+    compile_function,
+    sampling_chain_context,
+    sampling_initvals,
+)
+from pymc_sgmcmc._warnings import MinibatchNoiseWarning, SamplerDivergenceWarning, warn
 from pymc_sgmcmc.gradients import ControlVariate, MinibatchLogPosterior, control_variate_gradient
 from pymc_sgmcmc.schedules import as_schedule, evaluate_schedule
 
@@ -52,17 +61,26 @@ END_OF_TUNING_NOISE_PAIRS = 20
 #: temperature.
 NOISE_RATIO_WARNING_THRESHOLD = 1.0
 
+#: The warning is also raised when one coordinate alone runs this much hotter than ``T``
+#: (its sd twice the target's), however cool the others keep the mean. Above the mean's
+#: threshold, so that estimates of ``V`` from 20 pairs per coordinate (relative error
+#: about 32%) do not flag one of many coordinates by chance.
+COORDINATE_WARNING_THRESHOLD = 3.0
+
+
+#: Jittered starts tried before a chain whose jittered start has a non-finite log density
+#: is refused (as PyMC's ``jitter_max_retries``).
+JITTER_ATTEMPTS = 10
+
+ON_DIVERGENCE = ("warn", "raise")
+
 
 class SamplerDivergenceError(SamplingError):
-    """A chain's position or momentum became non-finite; the chain was stopped."""
+    """A chain diverged with ``on_divergence="raise"``; the chain was stopped."""
 
 
-class MinibatchNoiseWarning(UserWarning):
-    """Minibatch gradient noise dominates the injected noise: the draws are too wide.
-
-    A subclass of ``UserWarning``, so that it can be filtered on its own, e.g.
-    ``warnings.filterwarnings("ignore", category=MinibatchNoiseWarning)``.
-    """
+class InitialEvaluationError(SamplingError):
+    """The log density is not finite where a chain starts."""
 
 
 def check_non_negative(name: str, value) -> float:
@@ -121,14 +139,25 @@ def check_covers_model(name: str, model, value_vars) -> None:
 class StochasticGradientState(StepMethodState):
     """Per-chain state: with ``step.sampling_state`` it can be saved and restored exactly."""
 
+    tune: bool
     _draw: int
     _sg_step: int
     _chain: int | None
+    _tune_draws: int | None
+    _total_draws: int | None
     _auxiliary: list
+    # The chain's current position (after its last finite draw), the minibatch gradient
+    # there (the next step's, computed with the draw) and the log density on its batch.
     _last_position: np.ndarray | None
+    _current_gradient: np.ndarray | None
+    _logp: float
+    _grad_norm: float
+    _divergences: int
+    _tuning_divergences: int
+    _pending_end_of_tuning: bool
     # The gradient-noise estimate: its own generator, so that measuring the noise never
-    # changes the chain's draws; the latest estimate (mean over coordinates) and the sum
-    # of the per-coordinate estimates of the current phase (tuning, then sampling).
+    # changes the chain's draws; the latest estimate (per coordinate) and the sum of the
+    # per-coordinate estimates of the current phase (late tuning, then sampling).
     _noise_rng: RandomGeneratorState
     _latest_gradient_variance: np.ndarray
     _gradient_variance_sum: np.ndarray
@@ -146,7 +175,7 @@ class StochasticGradientStep(BlockedStep):
     Subclasses define the update rule through ``_transition``, its numeric
     ``_parameters``, any auxiliary state (``_auxiliary_names``, ``_initial_auxiliary``),
     extra stats, and how minibatch noise compares with their injected noise
-    (``_noise_ratio``, ``_relative_excess_temperature``).
+    (``_noise_ratio``, ``_excess_temperature``).
     """
 
     name = "stochastic_gradient"
@@ -163,6 +192,8 @@ class StochasticGradientStep(BlockedStep):
     _auxiliary_names: tuple[str, ...] = ()
     _state_class = StochasticGradientState
     _divergence_advice = "Lower step_size (e.g. by a factor of 10)"
+    #: What a divergence does to the auxiliary state, for the divergence warning.
+    _restart_note = ""
     _noise_advice = "Lower step_size, or raise the batch_size of pm.Minibatch"
 
     def __init__(
@@ -175,6 +206,7 @@ class StochasticGradientStep(BlockedStep):
         initial_jitter: float = 1.0,
         noise_estimate_interval: int | None = 20,
         control_variate=None,
+        on_divergence: str = "warn",
         model=None,
         rng=None,
         blocked: bool = True,
@@ -183,13 +215,24 @@ class StochasticGradientStep(BlockedStep):
         # Every chain starts in its tuning phase, as PyMC's own steps do: PyMC's parallel
         # workers never set `tune` and only call stop_tuning() when tuning ends.
         self.tune = True
+        if blocked is not True:
+            raise ValueError(
+                f"{type(self).__name__} moves all parameters together with one gradient, so "
+                f"it supports only blocked=True, got blocked={blocked!r}."
+            )
+        if on_divergence not in ON_DIVERGENCE:
+            raise ValueError(
+                f'`on_divergence` must be "warn" (mark the draw diverging and go on from '
+                f'the last finite state) or "raise" (stop the chain), got {on_divergence!r}.'
+            )
+        self.on_divergence = on_divergence
         model = modelcontext(model)
         value_vars = (
             model.value_vars if vars is None else get_value_vars_from_user_vars(vars, model)
         )
         check_covers_model(type(self).__name__, model, value_vars)
         self.vars = value_vars
-        self.blocked = blocked
+        self.blocked = True
 
         self.step_size = as_schedule(step_size)
         self.temperature = check_non_negative("temperature", temperature)
@@ -210,6 +253,9 @@ class StochasticGradientStep(BlockedStep):
         mapped = DictToArrayBijection.map({var.name: initial_point[var.name] for var in self.vars})
         self._default_start = mapped.data
         self._point_map_info = mapped.point_map_info
+        self._value_names = {var.name: var.name for var in self.vars}
+        self._value_names.update({model.values_to_rvs[var].name: var.name for var in self.vars})
+        self._given_start = None
         self._compile_kwargs = compile_kwargs or {}
         self.control_variate = ControlVariate.from_argument(control_variate)
         self._control_variate = None
@@ -227,6 +273,7 @@ class StochasticGradientStep(BlockedStep):
         self._sampling_phase_stat()
         self._configure()
         self._kernel = self._compile_kernel(self._compile_kwargs)
+        self._start_function = self._compile_start_function(self._compile_kwargs)
         # Compiled on first use: many runs never estimate the gradient noise.
         self._gradient_pair_function = None
         self._start_chain(rng)
@@ -249,7 +296,9 @@ class StochasticGradientStep(BlockedStep):
 
     def _refresh_parameters(self) -> None:
         self._parameters_tune = bool(self.tune)
-        self._parameter_values = list(self._parameters().values())
+        self._parameter_values = [
+            np.asarray(value, dtype=self._dtype) for value in self._parameters().values()
+        ]
         # The parameters enter the noise ratio: recompute it at the next draw.
         self._noise_ratio_cache = None
 
@@ -259,6 +308,13 @@ class StochasticGradientStep(BlockedStep):
 
     def _initial_auxiliary(self, position: np.ndarray) -> list[np.ndarray]:
         return []
+
+    def _restart_auxiliary(self, auxiliary: list[np.ndarray]) -> list[np.ndarray]:
+        """Auxiliary state to go on with after a divergence, from the last finite one.
+
+        By default it is drawn afresh as at a chain's start (momentum from ``N(0, TM)``).
+        """
+        return self._initial_auxiliary(self._last_position)
 
     def _extra_stats(self, position, auxiliary, parameters) -> dict:
         """Symbolic scalar stats of the final state of a draw."""
@@ -273,11 +329,15 @@ class StochasticGradientStep(BlockedStep):
         summed over coordinates, given ``V`` per coordinate."""
         raise NotImplementedError
 
+    def _excess_temperature(self, step_size: float, gradient_variance: np.ndarray) -> np.ndarray:
+        """``(T_eff − T) / T`` per coordinate: how much the minibatch noise heats it; what
+        the :class:`MinibatchNoiseWarning` is about."""
+        raise NotImplementedError
+
     def _relative_excess_temperature(
         self, step_size: float, gradient_variance: np.ndarray
     ) -> float:
-        """``(T_eff − T) / T``: how much the minibatch noise heats the chain; what the
-        :class:`MinibatchNoiseWarning` is about. Where nothing corrects for minibatch
+        """``(T_eff − T) / T`` over all coordinates. Where nothing corrects for minibatch
         noise it is the noise ratio itself."""
         return self._noise_ratio(step_size, gradient_variance)
 
@@ -293,6 +353,10 @@ class StochasticGradientStep(BlockedStep):
     def _finish_tuning_noise_estimate(self, position: np.ndarray) -> None:
         """Called when tuning ends, before the noise estimate restarts for the sampling phase
         (SGHMC freezes its ``gradient_noise="estimate"`` here)."""
+
+    def _without_tuning_warning(self) -> str | None:
+        """What a chain without tuning draws misses (``tune=0``), if anything."""
+        return None
 
     def _sampling_phase_stat(self) -> None:
         """Record ``sampling_phase`` when the schedule has phases (cyclical schedules)."""
@@ -320,13 +384,27 @@ class StochasticGradientStep(BlockedStep):
             return minibatch_gradient
         return target.gradient_at(position, indices)
 
+    def _symbolic_parameters(self) -> dict:
+        return {
+            name: pt.tensor(name, dtype=self._dtype, shape=(None,) * np.ndim(value))
+            for name, value in self._parameters().items()
+        }
+
     def _compile_kernel(self, compile_kwargs: dict):
+        """``steps_per_draw`` SG steps in one function.
+
+        Each step moves with the gradient at its starting position, then takes the
+        gradient at the new position on a fresh minibatch for the next step; the last one
+        is carried to the next draw, so every step costs one gradient and the draw's log
+        density, at the position it records, comes with its last gradient.
+        """
         target = self._target
         steps = self.steps_per_draw
         n_streams = len(target.streams)
         n_auxiliary = len(self._auxiliary_names)
 
         position = pt.vector("position", dtype=self._dtype)
+        gradient = pt.vector("gradient", dtype=self._dtype)
         auxiliary = [pt.vector(name, dtype=self._dtype) for name in self._auxiliary_names]
         step_sizes = pt.vector("step_sizes", dtype=self._dtype)
         noise = pt.matrix("noise", dtype=self._dtype)
@@ -334,27 +412,22 @@ class StochasticGradientStep(BlockedStep):
             pt.matrix(f"minibatch_indices_{j}", dtype=stream.index.dtype)
             for j, stream in enumerate(target.streams)
         ]
-        parameters = {
-            name: pt.tensor(name, dtype=self._dtype, shape=(None,) * value.ndim)
-            for name, value in self._parameters().items()
-        }
+        parameters = self._symbolic_parameters()
         extra = list(parameters.values())
 
         def advance(step_size, noise_k, *rest):
             index_k = rest[:n_streams]
-            position_k, *auxiliary_k = rest[n_streams : n_streams + 1 + n_auxiliary]
+            position_k, gradient_k, *auxiliary_k = rest[n_streams : n_streams + 2 + n_auxiliary]
             inner_parameters = dict(
-                zip(parameters, rest[n_streams + 1 + n_auxiliary :], strict=True)
+                zip(parameters, rest[n_streams + 2 + n_auxiliary :], strict=True)
             )
-            gradient = self._gradient(position_k, index_k, inner_parameters)
             new_position, new_auxiliary = self._transition(
-                position_k, auxiliary_k, gradient, step_size, noise_k, inner_parameters
+                position_k, auxiliary_k, gradient_k, step_size, noise_k, inner_parameters
             )
-            return [new_position, *new_auxiliary]
+            new_gradient = self._gradient(new_position, index_k, inner_parameters)
+            return [new_position, new_gradient, *new_auxiliary]
 
-        # The first K - 1 steps need only gradients; the last also yields the stats, so
-        # the log density is computed once per draw rather than once per step.
-        state = [position, *auxiliary]
+        state = [position, gradient, *auxiliary]
         if steps > 1:
             sequences = pytensor.scan(
                 advance,
@@ -366,38 +439,66 @@ class StochasticGradientStep(BlockedStep):
                 return_updates=False,
             )
             state = [sequence[-1] for sequence in sequences]
-        last_position, *last_auxiliary = state
-        last_indices = [index[-1] for index in indices]
-        logp, minibatch_gradient = target.at(last_position, last_indices)
-        gradient = self._gradient(last_position, last_indices, parameters, minibatch_gradient)
+        last_position, last_gradient, *last_auxiliary = state
         final_position, final_auxiliary = self._transition(
-            last_position, last_auxiliary, gradient, step_sizes[-1], noise[-1], parameters
+            last_position, last_auxiliary, last_gradient, step_sizes[-1], noise[-1], parameters
         )
-        outputs = [final_position, *final_auxiliary, logp, pt.linalg.norm(gradient)]
-        final_position, *final_auxiliary = outputs[: 1 + n_auxiliary]
+        last_indices = [index[-1] for index in indices]
+        logp, minibatch_gradient = target.at(final_position, last_indices)
+        final_gradient = self._gradient(
+            final_position, last_indices, parameters, minibatch_gradient
+        )
+        outputs = [final_position, final_gradient, *final_auxiliary]
+        stats = [logp, pt.linalg.norm(final_gradient)]
         extra_stats = self._extra_stats(final_position, final_auxiliary, parameters)
         self._stat_names = list(extra_stats)
-        stats = list(extra_stats.values())
-        return pytensor.function(
-            [position, *auxiliary, step_sizes, noise, *indices, *extra],
-            [*outputs, *stats],
+        return compile_function(
+            [position, gradient, *auxiliary, step_sizes, noise, *indices, *extra],
+            [*outputs, *stats, *extra_stats.values()],
             trust_input=True,
             on_unused_input="ignore",
             **compile_kwargs,
         )
 
+    def _compile_start_function(self, compile_kwargs: dict):
+        """``(log π̂, gradient estimate)`` at a position on one minibatch: a chain's first."""
+        target = self._target
+        position = pt.vector("position", dtype=self._dtype)
+        indices = [stream.index.type(f"start_{j}") for j, stream in enumerate(target.streams)]
+        parameters = self._symbolic_parameters()
+        logp, minibatch_gradient = target.at(position, indices)
+        gradient = self._gradient(position, indices, parameters, minibatch_gradient)
+        return compile_function(
+            [position, *indices, *parameters.values()],
+            [logp, gradient],
+            on_unused_input="ignore",
+            **compile_kwargs,
+        )
+
     # ---- per-chain state --------------------------------------------------------------
-    def _start_chain(self, rng) -> None:
+    def _start_chain(self, rng, tune: int | None = None, draws: int | None = None) -> None:
         self.tune = True
         self.rng = get_random_generator(rng, copy=False)
         # A child of the chain's generator: the same seed gives the same noise estimates,
         # and drawing their minibatches leaves the chain's own stream (its draws) untouched.
         self._noise_rng = self.rng.spawn(1)[0]
-        self._chain = sampling_chain_index()
+        context = sampling_chain_context(tune, draws)
+        self._read_initvals()
+        self._chain = context.chain
+        self._tune_draws = context.tune
+        self._total_draws = (
+            None if context.tune is None or context.draws is None else context.tune + context.draws
+        )
         self._draw = 0
         self._sg_step = 0
         self._auxiliary: list[np.ndarray] = []
         self._last_position = None
+        self._current_gradient = None
+        self._logp = np.nan
+        self._grad_norm = np.nan
+        self._divergences = 0
+        self._tuning_divergences = 0
+        self._pending_end_of_tuning = False
         self._latest_gradient_variance = np.full(self._size, np.nan)
         self._restart_noise_estimate()
         self._noise_warned = False
@@ -407,6 +508,27 @@ class StochasticGradientStep(BlockedStep):
         else:
             self._centre = self._centre_gradient = None
         self._refresh_parameters()
+
+    def _read_initvals(self) -> None:
+        """Note which value variables ``pm.sample(initvals=...)`` gave, per chain."""
+        initvals, found = sampling_initvals()
+        if not found:
+            # In a worker process: what was noted when pm.sample pickled the step.
+            return
+        per_chain = initvals if isinstance(initvals, list | tuple) else [initvals]
+        self._given_start = [
+            {
+                self._value_names[getattr(key, "name", key)]
+                for key in (chain_values or {})
+                if getattr(key, "name", key) in self._value_names
+            }
+            for chain_values in per_chain
+        ]
+
+    def __getstate__(self):
+        # pm.sample pickles the step for its worker processes: note the initvals first.
+        self._read_initvals()
+        return self.__dict__.copy()
 
     @property
     def sampling_state(self):
@@ -423,16 +545,103 @@ class StochasticGradientStep(BlockedStep):
 
     def setup_chain(self, rng, tune: int, draws: int) -> None:
         """PyMC 6 hook at each chain's start: reset the per-chain state."""
-        self._start_chain(rng)
+        self._start_chain(rng, tune, draws)
 
     def _first_position(self, position: np.ndarray) -> np.ndarray:
-        # pm.sample starts every chain at the model's initial point for a custom step;
-        # disperse them as PyMC does for NUTS, unless the user chose the start (initvals).
-        if self.initial_jitter > 0 and np.array_equal(position, self._default_start):
-            position = position + self.rng.uniform(
-                -self.initial_jitter, self.initial_jitter, position.shape
+        """Where the chain starts: the given point, checked, then jittered.
+
+        ``pm.sample`` starts every chain at the model's initial point for a custom step;
+        chains are dispersed as PyMC does for NUTS, unless the user chose the start
+        (initvals). Like PyMC, a jittered start with a non-finite log density is drawn
+        again, ``JITTER_ATTEMPTS`` times at most.
+        """
+        self._target.check_data()
+        if self._control_variate is not None:
+            self._check_control_variate_data()
+        position = position.astype(self._dtype)
+        self._check_start(position, jittered=False)
+        free = self._jittered_coordinates(position)
+        if self.initial_jitter == 0 or not free.any():
+            return position
+        for _ in range(JITTER_ATTEMPTS):
+            jitter = self.rng.uniform(-self.initial_jitter, self.initial_jitter, position.shape)
+            jittered = position + np.where(free, jitter, 0.0).astype(self._dtype)
+            if not self._target.non_finite_terms(jittered):
+                return jittered
+        self._check_start(jittered, jittered=True)
+        return jittered  # pragma: no cover - _check_start raised
+
+    def _check_control_variate_data(self) -> None:
+        built = [stream.data_size for stream in self._control_variate.full_data.streams]
+        now = [stream.data_size for stream in self._target.streams]
+        if built != now:
+            raise ValueError(
+                f"The data changed size since this {type(self).__name__} step was built "
+                f"({built} rows, now {now}; pm.set_data?), but its control variate's "
+                "full-data gradient was computed on the old data. Build the step again "
+                "after pm.set_data."
             )
-        return position.astype(self._dtype)
+
+    def _jittered_coordinates(self, position: np.ndarray) -> np.ndarray:
+        """Which coordinates to jitter: those of variables whose start the user did not give.
+
+        Outside ``pm.sample``, where what the user gave is unknown, a start other than the
+        model's initial point counts as given.
+        """
+        if self._given_start is None:
+            default = np.array_equal(position, self._default_start.astype(self._dtype))
+            return np.full(self._size, default)
+        chain = self._chain or 0
+        given = self._given_start[chain % len(self._given_start)]
+        return np.concatenate(
+            [np.full(size, name not in given) for name, _, size, _ in self._point_map_info]
+        )
+
+    def _check_start(self, position: np.ndarray, *, jittered: bool) -> None:
+        """Refuse a start where the log density of some term is not finite on any row."""
+        bad = self._target.non_finite_terms(position)
+        if not bad:
+            return
+        point = self._point(position)
+        chain = "" if self._chain is None else f" of chain {self._chain}"
+        where = (
+            f"at {JITTER_ATTEMPTS} starting points jittered by U(-{self.initial_jitter:g}, "
+            f"{self.initial_jitter:g}) around the initial point (the last is shown)"
+            if jittered
+            else "at the starting point"
+        )
+        terms = "\n".join(f"  {name}: {value}" for name, value in bad.items())
+        values = "\n".join(f"  {name}: {np.round(value, 4)}" for name, value in point.items())
+        advice = (
+            "Lower initial_jitter, or give initvals inside the support."
+            if jittered
+            else "Give initvals inside the support (pm.sample(initvals=...)), or check the "
+            "data against the likelihood's support."
+        )
+        raise InitialEvaluationError(
+            f"Initial evaluation of the model{chain} failed: the log density is not finite "
+            f"{where}, on all data rows.\nLog density of the terms that are not finite:\n"
+            f"{terms}\nStarting values (unconstrained):\n{values}\n{advice}"
+        )
+
+    def _begin(self, position: np.ndarray) -> np.ndarray:
+        """A chain's first draw: its start, the gradient there, its auxiliary state."""
+        position = self._first_position(position)
+        self._last_position = position
+        self._auxiliary = self._initial_auxiliary(position)
+        self._set_start_gradient(position)
+        if self._pending_end_of_tuning:
+            # tune=0: PyMC ended tuning before the chain had a position to measure at.
+            self._pending_end_of_tuning = False
+            self._end_tuning(position)
+        return position
+
+    def _set_start_gradient(self, position: np.ndarray) -> None:
+        indices = [index[0] for index in self._target.draw_indices(self.rng, 1)]
+        logp, gradient = self._start_function(position, *indices, *self._parameter_values)
+        self._current_gradient = np.asarray(gradient)
+        self._logp = float(logp)
+        self._grad_norm = float(np.linalg.norm(gradient))
 
     def _reconfigure(self, *, step_size) -> None:
         """Use another step size from the next chain on, keeping the compiled kernel.
@@ -450,11 +659,13 @@ class StochasticGradientStep(BlockedStep):
         mapped = DictToArrayBijection.map({var.name: point[var.name] for var in self.vars})
         position = mapped.data
         if self._draw == 0:
-            position = self._first_position(position)
-            self._auxiliary = self._initial_auxiliary(position)
+            position = self._begin(position)
         if self._parameters_tune != bool(self.tune):
             # Some parameters differ between tuning and sampling (pSGLD's adaptation).
             self._refresh_parameters()
+        if self.tune and self._tune_draws is not None and self._draw == self._tune_draws // 2:
+            # V depends on θ: estimate it from the second half of tuning, not the burn-in.
+            self._restart_noise_estimate()
 
         steps = self.steps_per_draw
         step_sizes = evaluate_schedule(
@@ -462,10 +673,11 @@ class StochasticGradientStep(BlockedStep):
         )
         noise = self.rng.standard_normal((steps, self._size), dtype=self._dtype)
         indices = self._target.draw_indices(self.rng, steps)
-        # A diverging chain overflows inside the kernel; _check_finite reports it clearly.
-        with np.errstate(over="ignore", invalid="ignore"):
-            new_position, *outputs = self._kernel(
+        # A diverging chain overflows inside the kernel; the check below reports it.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            new_position, new_gradient, *outputs = self._kernel(
                 position,
+                self._current_gradient,
                 *self._auxiliary,
                 step_sizes.astype(self._dtype),
                 noise,
@@ -475,14 +687,22 @@ class StochasticGradientStep(BlockedStep):
         n_auxiliary = len(self._auxiliary_names)
         new_auxiliary = outputs[:n_auxiliary]
         logp, grad_norm, *extra_stats = outputs[n_auxiliary:]
-        self._check_finite(new_position, new_auxiliary, step_sizes[-1])
-
+        step_size = float(step_sizes[-1])
+        diverged = self._diverged(new_position, new_gradient, new_auxiliary, logp)
+        if diverged:
+            self._on_divergence(diverged, step_size)
+            # Back to the last finite state; auxiliary state (momentum) drawn afresh.
+            new_position, new_gradient = position, self._current_gradient
+            new_auxiliary = self._restart_auxiliary(self._auxiliary)
+            logp, grad_norm = self._logp, self._grad_norm
+            extra_stats = [np.nan] * len(extra_stats)
         self._auxiliary = new_auxiliary
+        self._current_gradient = new_gradient
+        self._logp, self._grad_norm = float(logp), float(grad_norm)
         self._sg_step += steps
         self._draw += 1
         self._last_position = new_position
         self._refresh_centre_if_due(new_position)
-        step_size = float(step_sizes[-1])
         if self._noise_pair_due():
             self._add_gradient_pairs(new_position, 1)
             if not self.tune:
@@ -491,7 +711,7 @@ class StochasticGradientStep(BlockedStep):
             "step_size": step_size,
             "minibatch_logp": float(logp),
             "grad_norm": float(grad_norm),
-            "diverging": DIVERGING_DTYPE(False),
+            "diverging": DIVERGING_DTYPE(bool(diverged)),
             "noise_ratio": self._recorded_noise_ratio(step_size),
             "tune": bool(self.tune),
         }
@@ -500,31 +720,66 @@ class StochasticGradientStep(BlockedStep):
         if "sampling_phase" in self.stats_dtypes_shapes:
             in_phase = self.step_size.in_sampling_phase(self._sg_step - 1)
             stats["sampling_phase"] = DIVERGING_DTYPE(in_phase)
+        if self._draw == self._total_draws:
+            self._warn_divergences(step_size)
         new_point = DictToArrayBijection.rmap(
             RaveledVars(new_position, mapped.point_map_info), start_point=point
         )
         return new_point, [stats]
 
-    def _check_finite(self, position, auxiliary, step_size) -> None:
-        names = [("position", position), *zip(self._auxiliary_names, auxiliary, strict=True)]
+    def _diverged(self, position, gradient, auxiliary, logp) -> list[str]:
+        """What turned non-finite in a draw (empty if nothing did)."""
+        names = [
+            ("position", position),
+            ("gradient", gradient),
+            *zip(self._auxiliary_names, auxiliary, strict=True),
+        ]
         bad = [name for name, value in names if not np.all(np.isfinite(value))]
-        if not bad:
+        if not np.isfinite(logp):
+            # -inf: the chain stepped out of the support (or the density underflowed).
+            bad.append(f"log density ({float(logp)})")
+        return bad
+
+    def _on_divergence(self, bad: list[str], step_size: float) -> None:
+        self._divergences += 1
+        if self.tune:
+            self._tuning_divergences += 1
+        if self.on_divergence == "warn":
+            if self._total_draws is None and self._divergences == 1:
+                # Outside pm.sample the chain's end is unknown: say it at the first one.
+                self._warn_divergences(step_size)
             return
         chain = "" if self._chain is None else f" in chain {self._chain}"
         phase = "tuning " if self.tune else ""
-        start = (
-            " (the first draw: check that the model's log density is finite near the start)"
-            if self._draw == 0
-            else ""
-        )
         first, last = self._sg_step, self._sg_step + self.steps_per_draw - 1
         steps = f"SG step {first}" if first == last else f"SG steps {first}-{last}"
         raise SamplerDivergenceError(
-            f"{type(self).__name__} diverged{chain} at {phase}draw {self._draw}{start}: the "
+            f"{type(self).__name__} diverged{chain} at {phase}draw {self._draw}: the "
             f"{' and '.join(bad)} became non-finite within {steps} at "
             f"step_size={step_size:.4g}. {self._divergence_advice}. The chain was stopped "
-            "before any non-finite value reached the trace."
+            '(on_divergence="raise") before any non-finite value reached the trace.'
         )
+
+    def _warn_divergences(self, step_size: float) -> None:
+        if self._divergences == 0:
+            return
+        chain = "" if self._chain is None else f" chain {self._chain}"
+        total = "" if self._total_draws is None else f" of {self._total_draws}"
+        tuning = f" ({self._tuning_divergences} while tuning)" if self._tuning_divergences else ""
+        warn(
+            f"{type(self).__name__}{chain}: {self._divergences}{total} draws diverged"
+            f"{tuning} at step_size={step_size:.4g} (the last draw's). Each went back to "
+            f"the chain's last finite state{self._restart_note} and is marked diverging = 1 "
+            "in sample_stats. Divergences mean that the "
+            "step is too large for parts of the posterior, which the draws then under-"
+            f"represent. {self._divergence_advice}.",
+            SamplerDivergenceWarning,
+        )
+
+    @property
+    def divergences(self) -> int:
+        """Diverging draws of the current chain so far (tuning included)."""
+        return self._divergences
 
     def _refresh_centre_if_due(self, position: np.ndarray) -> None:
         """SVRG-style: move the control-variate centre to the chain's position."""
@@ -535,6 +790,8 @@ class StochasticGradientStep(BlockedStep):
             self._centre = np.array(position, dtype=float)
             self._centre_gradient = bound.full_data.gradient(self._centre)
             self._refresh_parameters()
+            # The carried gradient used the old centre; take it afresh with the new one.
+            self._set_start_gradient(np.asarray(position))
 
     @property
     def map_result(self):
@@ -565,7 +822,7 @@ class StochasticGradientStep(BlockedStep):
         # The full-data gradient at the centre is common to both and cancels.
         gradient_first = self._gradient(target.position, first, parameters)
         gradient_second = self._gradient(target.position, second, parameters)
-        return pytensor.function(
+        return compile_function(
             [target.position, *first, *second, centre],
             0.5 * (gradient_first - gradient_second) ** 2,
             on_unused_input="ignore",
@@ -587,12 +844,17 @@ class StochasticGradientStep(BlockedStep):
                 self._gradient_pair_function = self._compile_gradient_pair()
             indices = self._target.draw_indices(self._noise_rng, 2 * pairs)
             centre = position if self._centre is None else self._centre
+            centre = np.asarray(centre, dtype=self._dtype)
+            position = np.asarray(position, dtype=self._dtype)
             variance = np.zeros(self._size)
             for pair in range(pairs):
                 first = [index[2 * pair] for index in indices]
                 second = [index[2 * pair + 1] for index in indices]
                 variance += self._gradient_pair_function(position, *first, *second, centre)
             variance /= pairs
+        if not np.all(np.isfinite(variance)):
+            # A pair at the edge of the support says nothing about the noise: skip it.
+            return
         self._latest_gradient_variance = variance
         self._gradient_variance_sum += pairs * variance
         self._gradient_variance_count += pairs
@@ -612,16 +874,16 @@ class StochasticGradientStep(BlockedStep):
         variance = self._latest_gradient_variance
         key = (step_size, variance.tobytes(), self._noise_ratio_state())
         if self._noise_ratio_cache is None or self._noise_ratio_cache[0] != key:
-            ratio, _ = self._noise_measures(step_size, variance)
+            ratio, _, _ = self._noise_measures(step_size, variance)
             # ArviZ summaries and plots handle nan, not inf.
             self._noise_ratio_cache = (key, ratio if np.isfinite(ratio) else np.nan)
         return self._noise_ratio_cache[1]
 
-    def _noise_measures(self, step_size: float, gradient_variance) -> tuple[float, float]:
-        """``(noise_ratio, relative excess temperature)``; inf or nan where ``T = 0``.
-
-        ``gradient_variance`` is ``V`` per coordinate.
-        """
+    def _noise_measures(
+        self, step_size: float, gradient_variance
+    ) -> tuple[float, float, np.ndarray]:
+        """``(noise_ratio, relative excess temperature, its value per coordinate)``; inf or
+        nan where ``T = 0``. ``gradient_variance`` is ``V`` per coordinate."""
         # NumPy scalars divide by zero to inf/nan, where Python floats raise.
         step_size = np.float64(step_size)
         gradient_variance = np.broadcast_to(np.asarray(gradient_variance, float), (self._size,))
@@ -629,6 +891,10 @@ class StochasticGradientStep(BlockedStep):
             return (
                 float(self._noise_ratio(step_size, gradient_variance)),
                 float(self._relative_excess_temperature(step_size, gradient_variance)),
+                np.broadcast_to(
+                    np.asarray(self._excess_temperature(step_size, gradient_variance), float),
+                    (self._size,),
+                ),
             )
 
     def _next_step_size(self) -> float:
@@ -639,21 +905,29 @@ class StochasticGradientStep(BlockedStep):
 
         The noise estimate restarts for the sampling phase from
         ``END_OF_TUNING_NOISE_PAIRS`` gradient pairs at the chain's last tuning position,
-        and a :class:`MinibatchNoiseWarning` is raised at once if it is too large.
+        and a :class:`MinibatchNoiseWarning` is raised at once if it is too large. With
+        no tuning draws (``tune=0``, where PyMC calls this before the first draw) it
+        happens at the chain's start, once the start is known.
         """
         super().stop_tuning()
-        position = self._last_position
-        if position is None:
-            # No tuning draws (tune=0): PyMC calls this before the first draw.
-            position = self._default_start.astype(self._dtype)
+        if self._draw == 0:
+            self._pending_end_of_tuning = True
+            message = self._without_tuning_warning()
+            if message is not None:
+                warn(f"{type(self).__name__} with tune=0: {message}")
+            return
+        self._end_tuning(self._last_position)
+
+    def _end_tuning(self, position: np.ndarray) -> None:
         self._finish_tuning_noise_estimate(position)
         self._restart_noise_estimate()
-        if self.noise_estimate_interval is not None and self._draw > 0:
+        if self.noise_estimate_interval is not None:
             self._add_gradient_pairs(position, END_OF_TUNING_NOISE_PAIRS)
             self._warn_if_noisy(self._next_step_size())
 
     def _warn_if_noisy(self, step_size: float) -> None:
-        """Warn once per chain when the sampling phase's mean ``V`` heats the chain too much.
+        """Warn once per chain when the sampling phase's mean ``V`` heats the chain, or one
+        of its coordinates, too much.
 
         Uses the running mean of the phase, not the latest (noisy) pair, and waits for
         ``END_OF_TUNING_NOISE_PAIRS`` pairs, so that a chain near the threshold is not
@@ -663,23 +937,39 @@ class StochasticGradientStep(BlockedStep):
         if self._noise_warned or count < END_OF_TUNING_NOISE_PAIRS:
             return
         gradient_variance = self._gradient_variance_sum / count
-        ratio, excess = self._noise_measures(step_size, gradient_variance)
+        ratio, excess, per_coordinate = self._noise_measures(step_size, gradient_variance)
         # Infinite at T = 0: optimisation injects no noise on purpose, nothing to warn about.
-        if not (np.isfinite(excess) and excess > NOISE_RATIO_WARNING_THRESHOLD):
+        finite = np.where(np.isfinite(per_coordinate), per_coordinate, -np.inf)
+        worst = int(np.argmax(finite))
+        worst_excess = float(finite[worst])
+        mean_too_hot = np.isfinite(excess) and excess > NOISE_RATIO_WARNING_THRESHOLD
+        if not (mean_too_hot or worst_excess > COORDINATE_WARNING_THRESHOLD):
             return
         self._noise_warned = True
         chain = "" if self._chain is None else f" chain {self._chain}"
-        warnings.warn(
+        warn(
             f"{type(self).__name__}{chain}: minibatch gradient noise dominates the injected "
             f"noise (noise_ratio = {ratio:.3g}, from {count} gradient pairs after tuning at "
             f"step_size={step_size:.4g}; it is the variance the minibatch noise adds per step "
             "over the variance the sampler injects). It raises the effective temperature to "
-            f"about {1 + excess:.3g} times the target's, so the draws are too wide and the "
-            f"chain behaves more like SGD than a sampler. {self._noise_advice}. The "
-            "noise_ratio sampler stat records it per draw.",
+            f"about {1 + excess:.3g} times the target's on average over the coordinates, "
+            f"and to {1 + worst_excess:.3g} times in the noisiest, "
+            f"{self._coordinate_name(worst)}, so the draws are too wide and the chain "
+            f"behaves more like SGD than a sampler. {self._noise_advice}. The noise_ratio "
+            "sampler stat records it per draw.",
             MinibatchNoiseWarning,
-            stacklevel=2,
         )
+
+    def _coordinate_name(self, index: int) -> str:
+        """The raveled coordinate ``index`` as ``name[i, j]`` of its value variable."""
+        offset = 0
+        for name, shape, size, _ in self._point_map_info:
+            if index < offset + size:
+                position = np.unravel_index(index - offset, shape) if shape else ()
+                inside = ", ".join(str(int(i)) for i in position)
+                return f"{name}[{inside}]" if shape else name
+            offset += size
+        return str(index)
 
     @staticmethod
     def competence(var, has_grad):

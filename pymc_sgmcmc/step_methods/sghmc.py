@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytensor.tensor as pt
 
 from pymc.step_methods.state import dataclass_state
 
+from pymc_sgmcmc._warnings import warn
 from pymc_sgmcmc.dynamics import sghmc_update
 from pymc_sgmcmc.step_methods.base import (
     END_OF_TUNING_NOISE_PAIRS,
@@ -71,11 +70,13 @@ class SGHMC(StochasticGradientStep):
         ``B̂ ≥ 0``: 0 (small steps), a given value, or ``"estimate"``: the minibatch
         gradient variance ``V̂ = ½ E[(g₁ − g₂)²]`` is estimated from two independent
         minibatches at the chain's position after each tuning draw (at least
-        20 pairs), then frozen when tuning ends; each step then uses ``B̂ = h V̂ / 2``
-        (0 during tuning).
+        20 pairs), averaged over the second half of tuning (``V`` depends on ``θ``, and
+        the first half is burn-in), then frozen when tuning ends; each step then uses
+        ``B̂ = h V̂ / 2`` (0 during tuning). With ``tune=0`` it is measured where the
+        chain starts, with a warning.
     temperature : float, default 1.0
         ``T ≥ 0``; ``T = 0`` needs ``gradient_noise=0``.
-    steps_per_draw, initial_jitter, noise_estimate_interval, control_variate, model, rng, compile_kwargs
+    steps_per_draw, initial_jitter, noise_estimate_interval, control_variate, on_divergence, model, rng, compile_kwargs
         As for :class:`~pymc_sgmcmc.SGLD`.
 
     Notes
@@ -115,6 +116,7 @@ class SGHMC(StochasticGradientStep):
     }
     _auxiliary_names = ("momentum",)
     _state_class = SGHMCState
+    _restart_note = " (its momentum drawn afresh)"
     _divergence_advice = "Lower step_size (e.g. by a factor of 10) or raise friction"
     _noise_advice = (
         "Lower step_size, raise friction or the batch_size of pm.Minibatch, or pass "
@@ -134,6 +136,7 @@ class SGHMC(StochasticGradientStep):
         initial_jitter: float = 1.0,
         noise_estimate_interval: int | None = 20,
         control_variate=None,
+        on_divergence: str = "warn",
         model=None,
         rng=None,
         blocked: bool = True,
@@ -150,6 +153,7 @@ class SGHMC(StochasticGradientStep):
             initial_jitter=initial_jitter,
             noise_estimate_interval=noise_estimate_interval,
             control_variate=control_variate,
+            on_divergence=on_divergence,
             model=model,
             rng=rng,
             blocked=blocked,
@@ -210,11 +214,9 @@ class SGHMC(StochasticGradientStep):
         )
         if error:
             raise ValueError(message)
-        warnings.warn(
+        warn(
             message + " Until then no noise is injected where the minibatch noise exceeds "
-            "it, and the chain runs hotter than the target temperature.",
-            UserWarning,
-            stacklevel=3,
+            "it, and the chain runs hotter than the target temperature."
         )
 
     # ---- the kernel -------------------------------------------------------------------
@@ -290,13 +292,28 @@ class SGHMC(StochasticGradientStep):
             self.temperature * np.mean(np.broadcast_to(self.friction, (self._size,)))
         )
 
+    def _excess_temperature(self, step_size: float, gradient_variance) -> np.ndarray:
+        # (T_eff − T) / T = (h V / 2 − B̂) / (T Γ) per coordinate.
+        return (step_size * gradient_variance / 2 - self._gradient_noise_at(step_size)) / (
+            self.temperature * self.friction
+        )
+
+    def _without_tuning_warning(self) -> str | None:
+        if not self.estimate_gradient_noise:
+            return None
+        return (
+            'gradient_noise="estimate" is measured where the chain starts, which may be far '
+            "from the posterior, where the minibatch noise differs. Give tune > 0 (it is "
+            "then estimated over the second half of tuning)."
+        )
+
     def _noise_pair_due(self) -> bool:
         # gradient_noise="estimate" takes a pair after every tuning draw.
         return super()._noise_pair_due() or (self.estimate_gradient_noise and self.tune)
 
-    def _start_chain(self, rng) -> None:
+    def _start_chain(self, rng, tune=None, draws=None) -> None:
         self._gradient_variance = np.zeros(self._size, dtype=self._dtype)
-        super()._start_chain(rng)
+        super()._start_chain(rng, tune, draws)
 
     def _finish_tuning_noise_estimate(self, position) -> None:
         if not self.estimate_gradient_noise:
@@ -304,9 +321,8 @@ class SGHMC(StochasticGradientStep):
         missing = END_OF_TUNING_NOISE_PAIRS - self._gradient_variance_count
         if missing > 0:
             self._add_gradient_pairs(position, missing)
-        self._gradient_variance = (
-            self._gradient_variance_sum / self._gradient_variance_count
-        ).astype(self._dtype)
+        count = max(self._gradient_variance_count, 1)
+        self._gradient_variance = (self._gradient_variance_sum / count).astype(self._dtype)
         self._refresh_parameters()
         step_size = self._next_step_size()
         self._check_friction(self._gradient_noise_at(step_size), error=False, step_size=step_size)

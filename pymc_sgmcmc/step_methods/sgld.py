@@ -44,7 +44,8 @@ class SGLD(StochasticGradientStep):
         They run inside one compiled call.
     initial_jitter : float, default 1.0
         Each chain starts from the model's initial point plus ``U(−j, j)`` noise on the
-        unconstrained space, unless ``pm.sample`` was given ``initvals``. 0 disables it.
+        unconstrained space, except for the variables whose start ``pm.sample`` was given
+        in ``initvals``, which start exactly there. 0 disables it.
     noise_estimate_interval : int or None, default 20
         Draws between estimates of the minibatch gradient variance ``V`` behind the
         ``noise_ratio`` stat; 0 or None turns them off (``noise_ratio`` is then nan).
@@ -63,6 +64,16 @@ class SGLD(StochasticGradientStep):
         the centre). Each SG step then costs two minibatch gradients, and the gradient's
         variance shrinks from order ``N²/B`` to order ``(N²/B) ‖θ − θ̂‖²``: about
         ``N/B`` within a posterior sd of the centre.
+    on_divergence : {"warn", "raise"}, default "warn"
+        What a diverging draw does: one whose position, gradient, auxiliary state
+        (momentum, thermostat, running average) or log density turns non-finite, the
+        log density -inf included (a step out of the support). ``"warn"``, as NUTS
+        does, records the draw with ``diverging = 1``, puts the chain back to its last
+        finite state (momentum drawn afresh, thermostat reset) and goes on; each chain
+        with divergences gets one :class:`~pymc_sgmcmc.SamplerDivergenceWarning` at its
+        end with the count. ``"raise"`` stops the run with
+        :class:`~pymc_sgmcmc.SamplerDivergenceError`, naming the chain, draw, SG steps
+        and step size.
     model : pymc.Model, optional
     rng : numpy.random.Generator or seed, optional
         Replaced per chain by ``pm.sample``'s generator.
@@ -72,10 +83,14 @@ class SGLD(StochasticGradientStep):
     Notes
     -----
     Sampler stats per draw: ``step_size`` (of the last SG step), ``minibatch_logp``
-    (``log π̂`` before the last step), ``grad_norm`` (of the last gradient),
-    ``diverging`` (always 0: a non-finite state stops the chain with
-    :class:`~pymc_sgmcmc.step_methods.base.SamplerDivergenceError`), ``noise_ratio``
-    and ``tune``.
+    (``log π̂`` at the draw's position, on the minibatch of the gradient taken there),
+    ``grad_norm`` (of that gradient, the next step's), ``diverging`` (1 for a draw that
+    diverged and went back to the last finite state), ``noise_ratio`` and ``tune``.
+
+    Before a chain's first draw its start is checked: data given to ``pm.Minibatch``
+    that holds NaN, and a start where some term of the log density is not finite on
+    some row of the data, are refused with a message that names them (jittered starts
+    are drawn again, as PyMC does, up to 10 times).
 
     ``noise_ratio`` is the gradient-noise-to-injected-noise ratio
 
@@ -157,6 +172,25 @@ class SGLD(StochasticGradientStep):
             step_size
             * np.sum(preconditioner**2 * gradient_variance)
             / (2 * self.temperature * np.sum(preconditioner))
+        )
+
+    def _excess_temperature(self, step_size: float, gradient_variance) -> np.ndarray:
+        # η² G² V / (2 η T G) = η G V / (2T) per coordinate.
+        preconditioner = self.preconditioner_values
+        scale = 1.0 if preconditioner is None else preconditioner
+        return step_size * scale * gradient_variance / (2 * self.temperature)
+
+    def _restart_auxiliary(self, auxiliary):
+        # RMSprop's running average is no random state: keep its last finite value.
+        return auxiliary
+
+    def _without_tuning_warning(self) -> str | None:
+        if self.preconditioner is None or self.preconditioner.adapt == "always":
+            return None
+        return (
+            "the RMSprop preconditioner adapts only while tuning, so it is set from the "
+            "square of the first minibatch gradient alone. Give tune > 0, or "
+            'RMSprop(adapt="always").'
         )
 
     def _transition(self, position, auxiliary, gradient, step_size, noise, parameters):

@@ -47,7 +47,7 @@ class SGNHT(StochasticGradientStep):
         with exact gradients.
     temperature : float, default 1.0
         ``T ≥ 0``.
-    steps_per_draw, initial_jitter, noise_estimate_interval, control_variate, model, rng, compile_kwargs
+    steps_per_draw, initial_jitter, noise_estimate_interval, control_variate, on_divergence, model, rng, compile_kwargs
         As for :class:`~pymc_sgmcmc.SGLD`.
 
     Notes
@@ -72,6 +72,7 @@ class SGNHT(StochasticGradientStep):
         "kinetic_temperature": (np.float64, []),
     }
     _auxiliary_names = ("momentum", "thermostat")
+    _restart_note = " (its momentum drawn afresh, its thermostat reset)"
     _divergence_advice = "Lower step_size (e.g. by a factor of 10) or raise diffusion"
     _noise_advice = "Lower step_size or raise the batch_size of pm.Minibatch"
 
@@ -139,6 +140,9 @@ class SGNHT(StochasticGradientStep):
     def _relative_excess_temperature(self, step_size: float, gradient_variance) -> float:
         # The thermostat absorbs the minibatch noise: nothing to warn about.
         return 0.0
+
+    def _excess_temperature(self, step_size: float, gradient_variance) -> np.ndarray:
+        return np.zeros(self._size)
 
     def _reconfigure(self, *, step_size, diffusion=None) -> None:
         """Use another step size (and diffusion) from the next chain on, keeping the kernel."""
