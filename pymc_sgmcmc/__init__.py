@@ -8,8 +8,10 @@ Feed data through ``pm.Minibatch(...)`` with ``total_size=N`` and sample with
 
 from pymc_sgmcmc import diagnostics, schedules
 from pymc_sgmcmc._warnings import SamplerDivergenceWarning, SGMCMCWarning
+from pymc_sgmcmc.full_data import full_data_model
 from pymc_sgmcmc.gradients import ControlVariate
 from pymc_sgmcmc.preconditioners import RMSprop
+from pymc_sgmcmc.predictive import sample_posterior_predictive
 from pymc_sgmcmc.step_methods import (
     SGHMC,
     SGLD,
@@ -35,6 +37,8 @@ __all__ = [
     "SamplerDivergenceWarning",
     "StepSizeSelection",
     "diagnostics",
+    "full_data_model",
+    "sample_posterior_predictive",
     "scale_step_size_for_budget",
     "schedules",
     "select_step_size",

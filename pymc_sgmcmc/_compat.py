@@ -18,7 +18,7 @@ __all__ = [
     "ChainContext",
     "compile_function",
     "sampling_chain_context",
-    "sampling_initvals",
+    "sample_arguments",
 ]
 
 PYMC_MAJOR = int(pymc.__version__.split(".")[0])
@@ -87,22 +87,25 @@ def _loop_lengths(local, worker) -> tuple[int | None, int | None]:
     return None, None
 
 
-def sampling_initvals():
-    """The ``initvals`` the user passed to the running ``pm.sample`` (None if none were, or
-    outside ``pm.sample``), and whether ``pm.sample`` was found at all.
+def sample_arguments() -> dict | None:
+    """Arguments of the running ``pm.sample`` call (``initvals``, ``idata_kwargs``), or
+    None outside ``pm.sample``.
 
-    A step method sees only each chain's start point, not whether the user chose it; it
-    jitters the starts it was not given.
+    A step method sees only each chain's start point, not whether the user chose it (it
+    jitters the starts it was not given), nor what the trace will hold.
     """
     frame = inspect.currentframe()
     try:
         while frame is not None:
-            code = frame.f_code
-            if code.co_name == "sample" and frame.f_globals.get("__name__") == (
+            if frame.f_code.co_name == "sample" and frame.f_globals.get("__name__") == (
                 "pymc.sampling.mcmc"
             ):
-                return frame.f_locals.get("initvals"), True
+                local = frame.f_locals
+                return {
+                    "initvals": local.get("initvals"),
+                    "idata_kwargs": local.get("idata_kwargs"),
+                }
             frame = frame.f_back
-        return None, False
+        return None
     finally:
         del frame

@@ -24,7 +24,7 @@ from pytensor.tensor.random.op import RandomVariable
 __all__ = ["full_data_model"]
 
 
-def full_data_model(model: pm.Model) -> pm.Model:
+def full_data_model(model: pm.Model, *, initvals: bool = True) -> pm.Model:
     """A copy of ``model`` with every ``pm.Minibatch`` replaced by its full data.
 
     Every output of ``pm.Minibatch(...)`` becomes the whole array (or ``pm.Data``) it
@@ -39,6 +39,11 @@ def full_data_model(model: pm.Model) -> pm.Model:
     ----------
     model : pymc.Model
         A root model (not a sub-model).
+    initvals : bool, default True
+        Keep the initial values given with ``initval=``. PyMC's own model transforms
+        (``pm.compute_log_likelihood`` uses one) refuse models with initial values, so pass
+        False for a copy meant for them; the tools after sampling do not need initial
+        values.
 
     Returns
     -------
@@ -96,7 +101,7 @@ def full_data_model(model: pm.Model) -> pm.Model:
     new_model.observed_RVs.sort(key=lambda rv: order[rv.name])
 
     for rv, initval in model.rvs_to_initial_values.items():
-        if initval is not None:
+        if initvals and initval is not None:
             new_model.set_initval(new_model[rv.name], _initval_in(initval, model, new_model))
     return new_model
 

@@ -100,6 +100,7 @@ class MinibatchLogPosterior:
         self.model = model
         _warn_missing_total_size(model)
         _warn_unpaired_minibatches(model)
+        _warn_minibatch_deterministics(model)
         self._warn_total_size()
         self._terms_function = None
         self._data_function = None
@@ -401,4 +402,15 @@ def _warn_unpaired_minibatches(model) -> None:
                 f"Observed variable {rv.name!r} depends on several pm.Minibatch calls, which "
                 "draw their rows independently, so inputs and outputs no longer match. "
                 "Draw them together: X_batch, y_batch = pm.Minibatch(X, y, batch_size=B)."
+            )
+
+
+def _warn_minibatch_deterministics(model) -> None:
+    for deterministic in model.deterministics:
+        if _minibatch_rngs([deterministic]):
+            warn(
+                f"Deterministic {deterministic.name!r} depends on pm.Minibatch: pm.sample "
+                "stores it for each draw's random minibatch rows, not for the data. "
+                "Compute it on the full data after sampling: pm.compute_deterministics("
+                "idata.posterior, model=pymc_sgmcmc.full_data_model(model))."
             )

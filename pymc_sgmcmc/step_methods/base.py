@@ -34,8 +34,8 @@ from pytensor.tensor.type import discrete_dtypes
 from pymc_sgmcmc._compat import (
     DIVERGING_DTYPE,
     compile_function,
+    sample_arguments,
     sampling_chain_context,
-    sampling_initvals,
 )
 from pymc_sgmcmc._warnings import MinibatchNoiseWarning, SamplerDivergenceWarning, warn
 from pymc_sgmcmc.gradients import ControlVariate, MinibatchLogPosterior, control_variate_gradient
@@ -256,6 +256,7 @@ class StochasticGradientStep(BlockedStep):
         self._value_names = {var.name: var.name for var in self.vars}
         self._value_names.update({model.values_to_rvs[var].name: var.name for var in self.vars})
         self._given_start = None
+        self._warned_log_likelihood = False
         self._compile_kwargs = compile_kwargs or {}
         self.control_variate = ControlVariate.from_argument(control_variate)
         self._control_variate = None
@@ -483,7 +484,7 @@ class StochasticGradientStep(BlockedStep):
         # and drawing their minibatches leaves the chain's own stream (its draws) untouched.
         self._noise_rng = self.rng.spawn(1)[0]
         context = sampling_chain_context(tune, draws)
-        self._read_initvals()
+        self._read_sample_arguments()
         self._chain = context.chain
         self._tune_draws = context.tune
         self._total_draws = (
@@ -509,12 +510,14 @@ class StochasticGradientStep(BlockedStep):
             self._centre = self._centre_gradient = None
         self._refresh_parameters()
 
-    def _read_initvals(self) -> None:
-        """Note which value variables ``pm.sample(initvals=...)`` gave, per chain."""
-        initvals, found = sampling_initvals()
-        if not found:
+    def _read_sample_arguments(self) -> None:
+        """Note which value variables ``pm.sample(initvals=...)`` gave, per chain, and warn
+        about a log-likelihood group that would be computed on minibatches."""
+        arguments = sample_arguments()
+        if arguments is None:
             # In a worker process: what was noted when pm.sample pickled the step.
             return
+        initvals = arguments["initvals"]
         per_chain = initvals if isinstance(initvals, list | tuple) else [initvals]
         self._given_start = [
             {
@@ -524,10 +527,24 @@ class StochasticGradientStep(BlockedStep):
             }
             for chain_values in per_chain
         ]
+        idata_kwargs = arguments["idata_kwargs"] or {}
+        if (
+            idata_kwargs.get("log_likelihood")
+            and self._target.streams
+            and not self._warned_log_likelihood
+        ):
+            self._warned_log_likelihood = True
+            warn(
+                "pm.sample(idata_kwargs={'log_likelihood': True}) on a model fed through "
+                "pm.Minibatch stores the log-likelihood of one random minibatch, scaled by "
+                "total_size, not of each data row: az.loo on it is wrong. Use "
+                "pymc_sgmcmc.loo(idata, model), or pm.compute_log_likelihood(idata, "
+                "model=pymc_sgmcmc.full_data_model(model))."
+            )
 
     def __getstate__(self):
-        # pm.sample pickles the step for its worker processes: note the initvals first.
-        self._read_initvals()
+        # pm.sample pickles the step for its worker processes: note its arguments first.
+        self._read_sample_arguments()
         return self.__dict__.copy()
 
     @property
