@@ -576,17 +576,19 @@ class StochasticGradientStep(BlockedStep):
         if self._control_variate is not None:
             self._check_control_variate_data()
         position = position.astype(self._dtype)
-        self._check_start(position, jittered=False)
+        bad = self._target.non_finite_terms(position)
+        if bad:
+            raise self._initial_evaluation_error(position, bad, jittered=False)
         free = self._jittered_coordinates(position)
         if self.initial_jitter == 0 or not free.any():
             return position
         for _ in range(JITTER_ATTEMPTS):
             jitter = self.rng.uniform(-self.initial_jitter, self.initial_jitter, position.shape)
             jittered = position + np.where(free, jitter, 0.0).astype(self._dtype)
-            if not self._target.non_finite_terms(jittered):
+            bad = self._target.non_finite_terms(jittered)
+            if not bad:
                 return jittered
-        self._check_start(jittered, jittered=True)
-        return jittered  # pragma: no cover - _check_start raised
+        raise self._initial_evaluation_error(jittered, bad, jittered=True)
 
     def _check_control_variate_data(self) -> None:
         built = [stream.data_size for stream in self._control_variate.full_data.streams]
@@ -614,11 +616,10 @@ class StochasticGradientStep(BlockedStep):
             [np.full(size, name not in given) for name, _, size, _ in self._point_map_info]
         )
 
-    def _check_start(self, position: np.ndarray, *, jittered: bool) -> None:
-        """Refuse a start where the log density of some term is not finite on any row."""
-        bad = self._target.non_finite_terms(position)
-        if not bad:
-            return
+    def _initial_evaluation_error(
+        self, position: np.ndarray, bad: dict, *, jittered: bool
+    ) -> InitialEvaluationError:
+        """The refusal of a start where some term of the log density is not finite."""
         point = self._point(position)
         chain = "" if self._chain is None else f" of chain {self._chain}"
         where = (
@@ -635,7 +636,7 @@ class StochasticGradientStep(BlockedStep):
             else "Give initvals inside the support (pm.sample(initvals=...)), or check the "
             "data against the likelihood's support."
         )
-        raise InitialEvaluationError(
+        return InitialEvaluationError(
             f"Initial evaluation of the model{chain} failed: the log density is not finite "
             f"{where}, on all data rows.\nLog density of the terms that are not finite:\n"
             f"{terms}\nStarting values (unconstrained):\n{values}\n{advice}"
