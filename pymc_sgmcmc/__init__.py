@@ -8,6 +8,7 @@ Feed data through ``pm.Minibatch(...)`` with ``total_size=N`` and sample with
 
 from pymc_sgmcmc import diagnostics, schedules
 from pymc_sgmcmc._warnings import SamplerDivergenceWarning, SGMCMCWarning
+from pymc_sgmcmc.cross_validation import loo
 from pymc_sgmcmc.full_data import full_data_model
 from pymc_sgmcmc.gradients import ControlVariate
 from pymc_sgmcmc.preconditioners import RMSprop
@@ -38,6 +39,7 @@ __all__ = [
     "StepSizeSelection",
     "diagnostics",
     "full_data_model",
+    "loo",
     "sample_posterior_predictive",
     "scale_step_size_for_budget",
     "schedules",
