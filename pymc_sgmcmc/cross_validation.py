@@ -40,7 +40,7 @@ from xarray.core import indexing
 from pymc_sgmcmc._compat import compile_function
 from pymc_sgmcmc._validation import optional_positive_int
 from pymc_sgmcmc._warnings import warn
-from pymc_sgmcmc.diagnostics._trace import group_dataset, has_group
+from pymc_sgmcmc.diagnostics._trace import group_dataset, has_group, stacked_draws
 from pymc_sgmcmc.full_data import _resized_rv, full_data_model
 
 __all__ = ["loo", "pointwise_log_likelihood"]
@@ -311,20 +311,7 @@ def _free_variable_draws(model, posterior) -> list[np.ndarray]:
     if missing:
         raise ValueError(f"The posterior lacks the model's free variable(s) {missing}.")
     shapes = model.eval_rv_shapes()
-    n_samples = posterior.sizes["chain"] * posterior.sizes["draw"]
-    draws = []
-    for name in names:
-        values = posterior[name].transpose("chain", "draw", ...).values
-        expected = tuple(int(size) for size in shapes[name])
-        if values.shape[2:] != expected:
-            raise ValueError(
-                f"Posterior draws of {name!r} have shape {values.shape[2:]} per draw; the "
-                f"model's variable has shape {expected}."
-            )
-        if not np.all(np.isfinite(values)):
-            raise ValueError(f"Posterior draws of {name!r} contain non-finite values.")
-        draws.append(values.reshape(n_samples, *expected))
-    return draws
+    return [stacked_draws(posterior, name, shapes[name]) for name in names]
 
 
 # --------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from pytensor.graph.replace import clone_replace, vectorize_graph
 from pytensor.tensor.type import discrete_dtypes
 
 from pymc_sgmcmc._validation import optional_positive_int
-from pymc_sgmcmc.diagnostics._trace import has_group
+from pymc_sgmcmc.diagnostics._trace import has_group, stacked_draws
 from pymc_sgmcmc.full_data import full_data_model
 
 __all__ = [
@@ -488,18 +488,7 @@ def _ksd_with(
     n_chains, n_draws = posterior.sizes["chain"], len(draw_index)
 
     shapes = scorer.shapes
-    constrained = []
-    for name in rv_names:
-        values = posterior[name].transpose("chain", "draw", ...).values[:, draw_index]
-        expected = tuple(int(size) for size in shapes[name])
-        if values.shape[2:] != expected:
-            raise ValueError(
-                f"Posterior draws of {name!r} have shape {values.shape[2:]} per draw; the "
-                f"model's variable has shape {expected}."
-            )
-        if not np.all(np.isfinite(values)):
-            raise ValueError(f"Posterior draws of {name!r} contain non-finite values.")
-        constrained.append(values.reshape(n_chains * n_draws, *expected))
+    constrained = [stacked_draws(posterior, name, shapes[name], draw_index) for name in rv_names]
 
     unconstrained = scorer.unconstrained(constrained)
     sizes = [int(np.prod(shapes[name], dtype=int)) for name in value_names]
