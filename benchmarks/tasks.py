@@ -97,7 +97,7 @@ def bare_gradient(*, n: int, batch: int, steps: int):
     """Calls per second of the compiled minibatch gradient alone, fresh rows each call."""
     import pytensor
 
-    from pymc_sgmcmc.gradients import MinibatchLogPosterior
+    from pymc_sgmcmc.gradients.minibatch import MinibatchLogPosterior
 
     X, y, _ = logistic_data(n)
     model = logistic_model(X, y, batch)

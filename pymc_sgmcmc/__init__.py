@@ -7,21 +7,15 @@ Feed data through ``pm.Minibatch(...)`` with ``total_size=N`` and sample with
 """
 
 from pymc_sgmcmc import diagnostics, schedules
-from pymc_sgmcmc._warnings import SamplerDivergenceWarning, SGMCMCWarning
+from pymc_sgmcmc._warnings import MinibatchNoiseWarning, SamplerDivergenceWarning, SGMCMCWarning
 from pymc_sgmcmc.cross_validation import loo
 from pymc_sgmcmc.full_data import full_data_model
 from pymc_sgmcmc.gradients import ControlVariate
 from pymc_sgmcmc.preconditioners import RMSprop
 from pymc_sgmcmc.predictive import sample_posterior_predictive
-from pymc_sgmcmc.step_methods import (
-    SGHMC,
-    SGLD,
-    SGNHT,
-    InitialEvaluationError,
-    MinibatchNoiseWarning,
-    SamplerDivergenceError,
-    pSGLD,
-)
+from pymc_sgmcmc.step_methods import SGHMC, SGLD, SGNHT, pSGLD
+from pymc_sgmcmc.step_methods.chain_start import InitialEvaluationError
+from pymc_sgmcmc.step_methods.divergence import SamplerDivergenceError
 from pymc_sgmcmc.tuning import StepSizeSelection, scale_step_size_for_budget, select_step_size
 
 __all__ = [

@@ -19,8 +19,6 @@ __all__ = [
     "constant",
     "cyclical",
     "polynomial",
-    "as_schedule",
-    "evaluate_schedule",
 ]
 
 

@@ -30,31 +30,15 @@ import pytensor.tensor as pt
 from pymc.model import modelcontext
 
 from pymc_sgmcmc._validation import positive_int
-from pymc_sgmcmc._warnings import SamplerDivergenceWarning
-from pymc_sgmcmc.diagnostics.ksd import _FullDataScore, _ksd_with, ksd
+from pymc_sgmcmc._warnings import MinibatchNoiseWarning, SamplerDivergenceWarning
+from pymc_sgmcmc.diagnostics.ksd import KernelSteinDiscrepancy, ksd
 from pymc_sgmcmc.diagnostics.noise import noise_summary
-from pymc_sgmcmc.gradients import MinibatchLogPosterior
-from pymc_sgmcmc.step_methods import (
-    SGHMC,
-    SGLD,
-    SGNHT,
-    MinibatchNoiseWarning,
-    pSGLD,
-)
+from pymc_sgmcmc.gradients.minibatch import MinibatchLogPosterior
+from pymc_sgmcmc.step_methods import SGHMC, SGLD, SGNHT, pSGLD
 from pymc_sgmcmc.step_methods.base import StochasticGradientStep
 
 __all__ = ["StepSizeSelection", "scale_step_size_for_budget", "select_step_size"]
 
-#: SGHMC's momentum decay ``α = hΓ/M`` per step when ``select_step_size`` sets the
-#: friction: ``Γ = α M / h`` at each candidate ``h`` (0.01-0.1 mixes well). SGNHT gets the
-#: diffusion ``A = α T / h``, where its thermostat settles without minibatch noise.
-DEFAULT_MOMENTUM_DECAY = 0.1
-
-#: Decades the default grid spans below the curvature guess: for SGLD's ``η`` (a chain
-#: 10⁴ times too slow for a small budget), for SGHMC's and SGNHT's ``h`` (``η = h²/M``,
-#: so the same span in ``η``), and for pSGLD's ``η``, a length (with ``G ≈ 1/rms(g)`` a
-#: step moves each coordinate by about ``η``).
-_GRID_DECADES = {"SGLD": 4.0, "SGHMC": 2.0, "SGNHT": 2.0, "pSGLD": 3.0}
 _DEFAULT_GRID_SIZE = 9
 _KSD_DEFAULTS = {
     name: parameter.default
@@ -261,27 +245,17 @@ def select_step_size(
         "random_seed": random_seed,
         **(ksd_kwargs or {}),
     }
-    sets_friction = issubclass(sampler_class, SGHMC) and "friction" not in sampler_kwargs
-    sets_diffusion = issubclass(sampler_class, SGNHT) and "diffusion" not in sampler_kwargs
     # The full-data model and its score function, compiled once for every run's KSD.
-    scorer = _FullDataScore(model)
+    discrepancy = KernelSteinDiscrepancy(model)
     if step_sizes is None:
-        step_sizes = _default_grid(scorer.full_model, sampler_class, sampler_kwargs)
+        step_sizes = _default_grid(discrepancy.full_model, sampler_class, sampler_kwargs)
     candidates = sorted({_positive_float("step_sizes", value) for value in step_sizes})
     if not candidates:
         raise ValueError("`step_sizes` is empty.")
 
     def configuration(step_size):
-        if sets_friction:
-            mass = np.asarray(sampler_kwargs.get("mass", 1.0), dtype=float)
-            return {"step_size": step_size, "friction": DEFAULT_MOMENTUM_DECAY * mass / step_size}
-        if sets_diffusion:
-            temperature = float(sampler_kwargs.get("temperature", 1.0))
-            return {
-                "step_size": step_size,
-                "diffusion": DEFAULT_MOMENTUM_DECAY * temperature / step_size,
-            }
-        return {"step_size": step_size}
+        # The sampler's settings tied to the step size (SGHMC's friction, SGNHT's diffusion).
+        return {"step_size": step_size, **sampler_class.coupled_settings(step_size, sampler_kwargs)}
 
     with model:
         # One step method serves every candidate: its kernel takes the step size as an input.
@@ -292,11 +266,11 @@ def select_step_size(
     round_draws = draws
     for round_number in range(rounds):
         for step_size in candidates:
-            step._reconfigure(**configuration(step_size))
+            step.reconfigure(**configuration(step_size))
             rows.append(
                 _score(
                     model,
-                    scorer,
+                    discrepancy,
                     step,
                     step_size,
                     round_number,
@@ -333,7 +307,7 @@ def select_step_size(
 
 def _score(
     model,
-    scorer,
+    discrepancy,
     step,
     step_size,
     round_number,
@@ -356,7 +330,7 @@ def _score(
         divergences = int(np.sum(idata["sample_stats"]["diverging"].values))
         if divergences:
             raise _CandidateDiverged(f"{divergences} diverging draws")
-        result = _ksd_with(scorer, idata, **ksd_kwargs)
+        result = discrepancy(idata, **ksd_kwargs)
         noise = noise_summary(idata).pooled
         row.update(
             ksd=result.pooled,
@@ -394,27 +368,7 @@ def _first_line(error: BaseException) -> str:
 
 def _default_grid(full_model, sampler_class, sampler_kwargs) -> list[float]:
     curvature = _largest_curvature(full_model)
-    name = _grid_kind(sampler_class, sampler_kwargs)
-    if name == "SGHMC":
-        mass = float(np.min(sampler_kwargs.get("mass", 1.0)))
-        largest = np.sqrt(mass / curvature)
-    elif name in ("SGNHT", "pSGLD"):
-        # The narrowest posterior sd: SGNHT has unit mass, and pSGLD's step is a length.
-        largest = np.sqrt(1.0 / curvature)
-    else:
-        largest = 1.0 / curvature
-    return list(largest * np.logspace(-_GRID_DECADES[name], 0.0, _DEFAULT_GRID_SIZE))
-
-
-def _grid_kind(sampler_class, sampler_kwargs) -> str:
-    """Which units the step size has: SGLD's variance, SGHMC/SGNHT's time, pSGLD's length."""
-    if issubclass(sampler_class, SGHMC):
-        return "SGHMC"
-    if issubclass(sampler_class, SGNHT):
-        return "SGNHT"
-    if issubclass(sampler_class, pSGLD) or sampler_kwargs.get("preconditioner") is not None:
-        return "pSGLD"
-    return "SGLD"
+    return list(sampler_class.default_step_sizes(curvature, sampler_kwargs, _DEFAULT_GRID_SIZE))
 
 
 def _largest_curvature(full) -> float:

@@ -18,12 +18,10 @@ from helpers import (
 
 import pymc_sgmcmc as sgmc
 
-from pymc_sgmcmc.gradients import (
-    ControlVariate,
-    FullDataLogPosterior,
-    MinibatchLogPosterior,
-    control_variate_gradient,
-)
+from pymc_sgmcmc.gradients import ControlVariate
+from pymc_sgmcmc.gradients.control_variate import control_variate_gradient
+from pymc_sgmcmc.gradients.full_data import FullDataLogPosterior
+from pymc_sgmcmc.gradients.minibatch import MinibatchLogPosterior
 
 SAMPLE_KWARGS = {"chains": 2, "cores": 1, "progressbar": False, "compute_convergence_checks": False}
 N, D, BATCH, NOISE_SD, PRIOR_SD = 2003, 3, 10, 1.0, 1.0
@@ -91,7 +89,7 @@ def test_map_centre_is_the_posterior_mode(regression):
         step = sgmc.SGLD(step_size=1e-5, control_variate=True)
     sd = np.sqrt(np.diag(covariance))
     np.testing.assert_allclose(step.centre["w"], mean, atol=1e-4 * sd.min())
-    assert step._control_variate.map_result.converged
+    assert step.map_result.converged
 
 
 def test_control_variate_gradient_is_exact_at_the_centre_and_unbiased_elsewhere(regression):
@@ -222,7 +220,8 @@ def test_given_centre_as_point_or_vector(regression):
         from_vector = sgmc.SGLD(step_size=1e-5, control_variate=ControlVariate(centre=mean))
     np.testing.assert_array_equal(from_point.centre["w"], mean)
     np.testing.assert_array_equal(
-        from_point._control_variate.centre_gradient, from_vector._control_variate.centre_gradient
+        from_point.gradient_estimator.initial_centre_gradient,
+        from_vector.gradient_estimator.initial_centre_gradient,
     )
 
 
@@ -232,14 +231,14 @@ def test_refreshing_moves_the_centre_to_the_chain(regression):
         step = sgmc.SGLD(
             step_size=1e-5, control_variate=ControlVariate(centre=mean, refresh_interval=3)
         )
-    full_data = step._control_variate.full_data
+    full_data = step.gradient_estimator.full_data
     point = model.initial_point()
     for draw in range(1, 7):
         point, _ = step.step(point)
         if draw % 3 == 0:
             np.testing.assert_array_equal(step.centre["w"], point["w"])
             np.testing.assert_allclose(
-                step._centre_gradient, full_data.gradient(point["w"]), rtol=1e-12
+                step.gradient_estimator.centre_gradient, full_data.gradient(point["w"]), rtol=1e-12
             )
         else:
             assert not np.array_equal(step.centre["w"], point["w"])

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import seed_for
 
-from pymc_sgmcmc.gradients import MinibatchLogPosterior
+from pymc_sgmcmc.gradients.minibatch import MinibatchLogPosterior
 
 N, D, BATCH = 400, 3, 40
 

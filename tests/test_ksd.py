@@ -1,21 +1,28 @@
 """Kernel Stein discrepancy: exact algebra, Gaussian behaviour, PyMC models, storage."""
 
+import warnings
+
 import numpy as np
 import pymc as pm
 import pytensor
+import pytensor.tensor as pt
 import pytest
 import xarray as xr
 
 from helpers import make_idata, minibatch_mean_model, saved_and_loaded, seed_for
 
-from pymc_sgmcmc.diagnostics import KSDResult, add_ksd_to_idata, ksd
-from pymc_sgmcmc.diagnostics.ksd import (
-    _full_data_model,
-    _full_data_scores,
-    _to_unconstrained,
+from pymc_sgmcmc import _vectorize
+from pymc_sgmcmc.diagnostics import (
+    KernelSteinDiscrepancy,
+    KSDResult,
+    add_ksd_to_idata,
     imq_stein_kernel_matrix,
     kernel_stein_discrepancy,
+    ksd,
 )
+from pymc_sgmcmc.diagnostics.stein import stein_kernel_sums, v_statistic_discrepancy
+from pymc_sgmcmc.gradients.full_data import FullDataLogPosterior
+from pymc_sgmcmc.gradients.minibatch import MinibatchLogPosterior
 
 
 def standardized(x, b):
@@ -72,6 +79,25 @@ def test_blocked_ksd_equals_direct_reference(c, beta):
         rtol=1e-10,
         atol=1e-12,
     )
+
+
+def test_group_sums_are_the_sums_of_the_diagonal_blocks():
+    rng = np.random.default_rng(seed_for("group sums"))
+    x, b = rng.normal(size=(30, 2)), rng.normal(size=(30, 2))
+    sizes = [7, 13, 10]
+    matrix = reference_stein_matrix(x, x, b, b, 1.0, -0.5)
+    bounds = np.cumsum([0, *sizes])
+    for block_size in (1, 4, 30):
+        total, group_sums = stein_kernel_sums(x, b, sizes, block_size=block_size)
+        assert total == pytest.approx(matrix.sum(), rel=1e-10)
+        expected = [
+            matrix[low:high, low:high].sum()
+            for low, high in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        np.testing.assert_allclose(group_sums, expected, rtol=1e-10)
+    assert v_statistic_discrepancy(total, 30) == pytest.approx(kernel_stein_discrepancy(x, b))
+    with pytest.raises(ValueError, match="group_sizes"):
+        stein_kernel_sums(x, b, [7, 13])
 
 
 def test_stein_kernel_signs_match_finite_differences():
@@ -216,13 +242,28 @@ def test_ksd_of_minibatch_model_separates_exact_from_wide_draws(data, mean_model
 def test_full_data_score_of_minibatch_model(data, mean_model):
     """The score is the full-data gradient: Minibatch replaced, total_size scaling N/N."""
     mean, _ = mean_posterior(data)
-    full = _full_data_model(mean_model)
     positions = np.array([[mean - 0.05], [mean], [mean + 0.02]])
-    scores = _full_data_scores(full, ["mu"], full.eval_rv_shapes(), positions, chunk_size=2)
+    scores = KernelSteinDiscrepancy(mean_model).scores(positions, chunk_size=2)
     precision = N + 1 / PRIOR_SD**2
     np.testing.assert_allclose(
         scores[:, 0], -precision * (positions[:, 0] - mean), rtol=1e-9, atol=1e-9
     )
+
+
+def test_many_position_gradients_equal_one_position_passes(data, mean_model):
+    """``FullDataLogPosterior.gradients`` (vectorised over positions) on a minibatch model,
+    in chunks of rows, equals a loop of ``gradient``."""
+    full_data = FullDataLogPosterior(
+        MinibatchLogPosterior(mean_model, mean_model.value_vars), chunk_size=3 * BATCH
+    )
+    positions = np.linspace(0.5, 0.9, 7)[:, None]
+    expected = np.stack([full_data.gradient(position) for position in positions])
+    for per_call in (1, 3, 16):
+        np.testing.assert_allclose(
+            full_data.gradients(positions, positions_per_call=per_call), expected, rtol=1e-12
+        )
+    with pytest.raises(ValueError, match="positions"):
+        full_data.gradients(positions.ravel())
 
 
 @pytest.fixture(scope="module")
@@ -242,11 +283,11 @@ def test_score_on_unconstrained_space_matches_finite_differences(data, scale_mod
         sigma = pm.HalfNormal("sigma", 5.0)
         pm.Normal("y", mu, sigma, observed=data)
     logp = full_data_model.compile_logp()  # Jacobian included, on the unconstrained space
-    full = _full_data_model(scale_model)
-    names = [var.name for var in scale_model.value_vars]
+    discrepancy = KernelSteinDiscrepancy(scale_model)
+    names = list(discrepancy.value_names)
     assert names == ["mu", "sigma_log__"]
     theta = np.array([0.71, np.log(1.28)])
-    score = _full_data_scores(full, names, full.eval_rv_shapes(), theta[None], chunk_size=1)[0]
+    score = discrepancy.scores(theta[None], chunk_size=1)[0]
     h = 1e-5
     expected = [
         (
@@ -257,6 +298,25 @@ def test_score_on_unconstrained_space_matches_finite_differences(data, scale_mod
         for e in np.eye(2)
     ]
     np.testing.assert_allclose(score, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("vectorizable", [True, False])
+def test_vectorized_function_over_a_leading_axis(monkeypatch, vectorizable):
+    """One call per batch; an output that ignores the batched input is repeated; where
+    PyTensor cannot vectorise, a loop over the batch gives the same."""
+    if not vectorizable:
+
+        def refuse(*args, **kwargs):
+            raise NotImplementedError
+
+        monkeypatch.setattr(_vectorize, "vectorize_graph", refuse)
+    x, a = pt.vector("x"), pt.scalar("a")
+    outputs = [pt.exp(x) * a, 2.0 * a]
+    function = _vectorize.vectorized_function([x, a], outputs, [x], pytensor.function)
+    batch = np.arange(6.0).reshape(3, 2)
+    scaled, constant = function(batch, 3.0)
+    np.testing.assert_allclose(scaled, 3.0 * np.exp(batch))
+    np.testing.assert_allclose(constant, [6.0, 6.0, 6.0])
 
 
 def test_ksd_with_transformed_variable(data, scale_model):
@@ -286,17 +346,17 @@ def test_forward_transforms_invert_pymc_backward_transforms():
         a = pm.HalfNormal("a", 1.0)
         pm.Uniform("b", 0.0, a, shape=3)  # interval bounds depend on another variable
         pm.Dirichlet("d", np.ones(3))
-    rv_names = [model.values_to_rvs[var].name for var in model.value_vars]
-    value_names = [var.name for var in model.value_vars]
+    discrepancy = KernelSteinDiscrepancy(model)
+    assert discrepancy.var_names == ("a", "b", "d")
     backward = pytensor.function(model.value_vars, model.replace_rvs_by_values(model.free_RVs))
     rng = np.random.default_rng(seed_for("transforms"))
     shapes = model.eval_rv_shapes()
-    unconstrained = [rng.normal(size=(6, *shapes[name])) for name in value_names]
+    unconstrained = [rng.normal(size=(6, *shapes[name])) for name in discrepancy.value_names]
     per_draw = [backward(*(u[i] for u in unconstrained)) for i in range(6)]
-    constrained = [np.stack([draw[k] for draw in per_draw]) for k in range(3)]
-    recovered = _to_unconstrained(model, rv_names, value_names, constrained)
-    for got, expected in zip(recovered, unconstrained, strict=True):
-        np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-10)
+    constrained = {name: np.stack([draw[k] for draw in per_draw]) for k, name in enumerate("abd")}
+    recovered = discrepancy.unconstrained_positions(constrained)
+    expected = np.concatenate([u.reshape(6, -1) for u in unconstrained], axis=1)
+    np.testing.assert_allclose(recovered, expected, rtol=1e-8, atol=1e-10)
 
 
 def test_thin_and_max_draws(data, mean_model):
@@ -320,6 +380,47 @@ def test_thin_and_max_draws(data, mean_model):
     )
 
 
+def test_one_instance_scores_many_traces_as_ksd_does(data, mean_model):
+    rng = np.random.default_rng(seed_for("instance"))
+    mean, sd = mean_posterior(data)
+    discrepancy = KernelSteinDiscrepancy(mean_model)
+    for width in (1.0, 1.5):
+        idata = make_idata(posterior={"mu": mean + width * sd * rng.normal(size=(2, 100))})
+        reused, fresh = discrepancy(idata, thin=2), ksd(idata, mean_model, thin=2)
+        assert reused.pooled == fresh.pooled
+        np.testing.assert_array_equal(reused.per_chain, fresh.per_chain)
+
+
+def test_ksd_of_a_model_without_minibatch_does_not_warn(data):
+    """A full-data model (a NUTS trace), one with total_size on a fixed subset of rows (the
+    samplers warn of it, KSD keeps its scaling), and a deterministic of the data."""
+    rng = np.random.default_rng(seed_for("no minibatch"))
+    subset = data[:500]
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0, PRIOR_SD)
+        pm.Normal("y", mu, 1.0, observed=data)
+        pm.Normal("y_subset", mu, 1.0, observed=subset, total_size=N)
+        pm.Deterministic("centred", mu - subset.mean())
+    precision = N + N + 1 / PRIOR_SD**2
+    mean = (data.sum() + subset.sum() * N / subset.size) / precision
+    draws = mean + precision**-0.5 * rng.normal(size=(2, 300))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = ksd(make_idata(posterior={"mu": draws}), model)
+        scores = KernelSteinDiscrepancy(model).scores(np.array([[mean + 0.01]]))
+    assert result.pooled < 0.15
+    np.testing.assert_allclose(scores[0, 0], -precision * 0.01, rtol=1e-8)
+
+
+def test_ksd_refuses_a_potential_on_a_minibatch(data):
+    with pm.Model() as model:
+        batch = pm.Minibatch(data, batch_size=BATCH)
+        mu = pm.Normal("mu", 0, PRIOR_SD)
+        pm.Potential("likelihood", pm.logp(pm.Normal.dist(mu, 1.0), batch).sum())
+    with pytest.raises(ValueError, match="Potential 'likelihood' uses pm.Minibatch"):
+        ksd(make_idata(posterior={"mu": np.zeros((2, 10))}), model)
+
+
 def test_ksd_errors(data, mean_model):
     idata = make_idata(posterior={"nu": np.zeros((2, 10))})
     with pytest.raises(ValueError, match="lacks"):
@@ -329,6 +430,11 @@ def test_ksd_errors(data, mean_model):
         ksd(idata, mean_model, var_names=["nu"])
     with pytest.raises(ValueError, match="thin"):
         ksd(idata, mean_model, thin=0)
+    with pytest.raises(ValueError, match="contain non-finite values"):
+        ksd(make_idata(posterior={"mu": np.full((2, 10), np.nan)}), mean_model)
+    # A finite draw whose full-data score overflows: N · 1e306 = inf.
+    with pytest.raises(ValueError, match="non-finite gradient"):
+        ksd(make_idata(posterior={"mu": np.full((2, 10), 1e306)}), mean_model)
     with pm.Model() as discrete:
         pm.Poisson("k", 3.0)
     with pytest.raises(ValueError, match="discrete"):

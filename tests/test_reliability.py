@@ -160,14 +160,17 @@ def test_after_a_divergence_the_chain_goes_on_from_its_last_finite_state():
         step = sgmc.SGHMC(step_size=0.02, friction=50.0, steps_per_draw=5)
         kernel, calls, broken = step._kernel, [0], {30, 31, 200, 555}
 
-        def faulty(*inputs):
-            outputs = kernel(*inputs)
-            calls[0] += 1
-            if calls[0] in broken:
-                outputs[2] = np.full_like(outputs[2], np.nan)  # the momentum
-            return outputs
+        class Faulty:
+            set_fixed = kernel.set_fixed
 
-        step._kernel = faulty
+            def __call__(self, **inputs):
+                outputs = kernel(**inputs)
+                calls[0] += 1
+                if calls[0] in broken:
+                    outputs["momentum"] = np.full_like(outputs["momentum"], np.nan)
+                return outputs
+
+        step._kernel = Faulty()
         with pytest.warns(sgmc.SamplerDivergenceWarning, match="4 of 1100 draws diverged"):
             idata = sample(step, draws=1000, tune=100)
     diverging = idata.sample_stats["diverging"].values[0].astype(bool)
@@ -346,7 +349,7 @@ def test_tune_zero_warns_for_estimated_noise_and_measures_it_at_the_start():
         step = sgmc.SGHMC(step_size=0.001, friction=500.0, gradient_noise="estimate")
         with pytest.warns(sgmc.SGMCMCWarning, match='tune=0: gradient_noise="estimate"'):
             sample(step, draws=5, tune=0)
-        start = step._default_start
+        start = step.chain_start.default_start
         # Measured at the chain's (jittered) start, not the un-jittered initial point.
         assert np.all(step.gradient_variance > 0)
         assert step._last_position is not None and not np.allclose(step._last_position, start)
@@ -359,14 +362,17 @@ def test_tune_zero_warns_that_the_preconditioner_does_not_adapt():
 
 
 def test_the_noise_estimate_uses_the_second_half_of_tuning():
-    class Recording(sgmc.SGHMC):
-        def _add_gradient_pairs(self, position, pairs):
-            super()._add_gradient_pairs(position, pairs)
-            self.counts.append((self._draw, bool(self.tune), self._gradient_variance_count))
-
     with regression():
-        step = Recording(step_size=0.01, friction=50.0, gradient_noise="estimate")
+        step = sgmc.SGHMC(step_size=0.01, friction=50.0, gradient_noise="estimate")
         step.counts = []
+        monitor = step.noise_monitor
+        add_pairs = monitor.add_pairs
+
+        def recording(position, pairs):
+            add_pairs(position, pairs)
+            step.counts.append((step._draw, bool(step.tune), monitor.pair_count))
+
+        monitor.add_pairs = recording
         sample(step, draws=5, tune=40)
     tuning = [(draw, count) for draw, tune, count in step.counts if tune]
     # Pairs after draws 21-40 only enter the frozen estimate.

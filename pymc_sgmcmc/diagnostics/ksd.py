@@ -1,41 +1,19 @@
-"""Kernel Stein discrepancy (KSD) with the inverse multiquadric (IMQ) kernel.
+"""The kernel Stein discrepancy of a PyMC trace against its model's full-data posterior.
 
-The KSD of Gorham & Mackey (2017) measures how far a set of draws ``x_1 … x_n`` is from a
-target density ``π`` known up to a constant, using only the score ``b(x) = ∇ log π(x)`` at
-the draws. It needs no samples from ``π`` and, unlike ESS or R-hat, sees the *bias* of an
-approximate sampler such as SGLD or SGHMC with a constant step (too wide or shifted draws),
-not only its mixing.
-
-With the IMQ base kernel ``k(x, y) = (c² + ‖x − y‖²)^β``, ``β ∈ (−1, 0)`` (here ``β = −1/2``
-by default), the Langevin Stein kernel is, with ``r = x − y`` and ``s = c² + ‖r‖²``,
-
-.. math::
-
-    k_0(x, y) = ⟨b(x), b(y)⟩ s^β + 2β s^{β−1} ⟨b(y) − b(x), r⟩
-                − 2βd s^{β−1} − 4β(β−1) s^{β−2} ‖r‖²,
-
-which is ``⟨b(x), b(y)⟩ k + ⟨b(x), ∇_y k⟩ + ⟨b(y), ∇_x k⟩ + ∇_x·∇_y k`` for
-``∇_x k = 2β s^{β−1} r = −∇_y k`` and ``∇_x·∇_y k = −2βd s^{β−1} − 4β(β−1) s^{β−2}‖r‖²``.
-Every ``k_0`` has mean zero under ``π`` (Stein's identity), and
-
-.. math::
-
-    \\mathrm{KSD} = \\sqrt{\\frac{1}{n^2} \\sum_{i=1}^n \\sum_{j=1}^n k_0(x_i, x_j)}
-
-(the V-statistic, diagonal ``i = j`` included, so always ``≥ 0``) tends to 0 exactly when the
-empirical distribution of the draws converges weakly to ``π`` (for distantly dissipative
-targets, ``β ∈ (−1, 0)``).
-
-References
-----------
-J. Gorham and L. Mackey, "Measuring sample quality with kernels", ICML 2017.
+:class:`KernelSteinDiscrepancy` maps a trace's draws to PyMC's unconstrained space, takes
+their scores from the full-data log posterior
+(:class:`pymc_sgmcmc.gradients.full_data.FullDataLogPosterior` of
+:func:`pymc_sgmcmc.full_data_model`) and sums the IMQ Stein kernel over them with the
+NumPy core of :mod:`pymc_sgmcmc.diagnostics.stein` (Gorham & Mackey 2017).
+:func:`ksd` is its one-call form, :class:`KSDResult` its result and
+:func:`add_ksd_to_idata` stores that in the trace.
 """
 
 from __future__ import annotations
 
-import numbers
+import warnings
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,199 +22,27 @@ import pytensor.tensor as pt
 import xarray as xr
 
 from pymc.model import modelcontext
-from pytensor.graph.replace import clone_replace, vectorize_graph
+from pytensor.graph.replace import clone_replace
 from pytensor.tensor.type import discrete_dtypes
 
 from pymc_sgmcmc._validation import optional_positive_int
+from pymc_sgmcmc._vectorize import vectorized_function
+from pymc_sgmcmc._warnings import SGMCMCWarning
 from pymc_sgmcmc.diagnostics._trace import has_group, stacked_draws
+from pymc_sgmcmc.diagnostics.stein import (
+    check_kernel_parameters,
+    stein_kernel_sums,
+    v_statistic_discrepancy,
+)
 from pymc_sgmcmc.full_data import full_data_model
+from pymc_sgmcmc.gradients.full_data import FullDataLogPosterior
+from pymc_sgmcmc.gradients.minibatch import MinibatchLogPosterior
 
-__all__ = [
-    "KSDResult",
-    "add_ksd_to_idata",
-    "imq_stein_kernel_matrix",
-    "kernel_stein_discrepancy",
-    "ksd",
-]
+__all__ = ["KSDResult", "KernelSteinDiscrepancy", "add_ksd_to_idata", "ksd"]
 
-_DEFAULT_BLOCK_SIZE = 256
 _ATTR_PREFIX = "ksd"
-
-
-# --------------------------------------------------------------------------------------
-# NumPy core
-# --------------------------------------------------------------------------------------
-
-
-def _check_kernel_parameters(c, beta) -> tuple[float, float]:
-    for name, value in (("c", c), ("beta", beta)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"`{name}` must be a real number, got {value!r}.")
-    if not (np.isfinite(c) and c > 0):
-        raise ValueError(f"`c` must be positive and finite, got {c!r}.")
-    if not (np.isfinite(beta) and beta < 0):
-        raise ValueError(f"`beta` must be negative and finite (IMQ kernel), got {beta!r}.")
-    return float(c), float(beta)
-
-
-def _as_points(name: str, value) -> np.ndarray:
-    array = np.asarray(value, dtype=np.float64)
-    if array.ndim == 1:
-        array = array[:, None]
-    if array.ndim != 2:
-        raise ValueError(f"`{name}` must have shape (n, d), got shape {array.shape}.")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"`{name}` contains non-finite values.")
-    return array
-
-
-def imq_stein_kernel_matrix(x, y, score_x, score_y, *, c=1.0, beta=-0.5) -> np.ndarray:
-    """Matrix of the IMQ Langevin Stein kernel ``k_0(x_i, y_j)``.
-
-    Parameters
-    ----------
-    x, y : array_like, shapes (m, d) and (n, d)
-        Points.
-    score_x, score_y : array_like, shapes (m, d) and (n, d)
-        The score ``b = ∇ log π`` of the target at ``x`` and at ``y``.
-    c : float, default 1.0
-        Length scale of the IMQ kernel ``k(x, y) = (c² + ‖x − y‖²)^β``.
-    beta : float, default -0.5
-        Exponent of the IMQ kernel, negative; the convergence guarantees of Gorham &
-        Mackey (2017) need ``β ∈ (−1, 0)``.
-
-    Returns
-    -------
-    ndarray, shape (m, n)
-        ``k_0(x_i, y_j) = ⟨b_i, b_j⟩ s^β + 2β s^(β−1) ⟨b_j − b_i, r⟩ − 2βd s^(β−1)
-        − 4β(β−1) s^(β−2) ‖r‖²`` with ``r = x_i − y_j`` and ``s = c² + ‖r‖²``.
-
-    Notes
-    -----
-    Uses Gram matrices (``O(m n)`` memory, no ``(m, n, d)`` array). ``k_0`` depends on the
-    points only through ``x − y``: centring both sets by the same vector before the call
-    improves the accuracy of ``‖r‖²`` for points far from the origin.
-    """
-    c, beta = _check_kernel_parameters(c, beta)
-    x, y = _as_points("x", x), _as_points("y", y)
-    score_x, score_y = _as_points("score_x", score_x), _as_points("score_y", score_y)
-    if x.shape != score_x.shape or y.shape != score_y.shape or x.shape[1] != y.shape[1]:
-        raise ValueError(
-            "`x`/`score_x` and `y`/`score_y` must have shapes (m, d) and (n, d), got "
-            f"{x.shape}, {score_x.shape}, {y.shape}, {score_y.shape}."
-        )
-    return _stein_kernel_block(x, y, score_x, score_y, c, beta)
-
-
-def _stein_kernel_block(x, y, bx, by, c, beta):
-    d = x.shape[1]
-    squared_distance = (
-        np.einsum("ij,ij->i", x, x)[:, None] + np.einsum("ij,ij->i", y, y)[None, :] - 2 * x @ y.T
-    )
-    np.maximum(squared_distance, 0.0, out=squared_distance)
-    s = c**2 + squared_distance
-    s_beta = s**beta
-    s_beta_1 = s_beta / s
-    # ⟨b(y) − b(x), x − y⟩ = ⟨x, b(y)⟩ − ⟨y, b(y)⟩ − ⟨x, b(x)⟩ + ⟨b(x), y⟩
-    drift = (
-        x @ by.T
-        - np.einsum("ij,ij->i", y, by)[None, :]
-        - np.einsum("ij,ij->i", x, bx)[:, None]
-        + bx @ y.T
-    )
-    return (
-        (bx @ by.T) * s_beta
-        + 2 * beta * s_beta_1 * drift
-        - 2 * beta * d * s_beta_1
-        - 4 * beta * (beta - 1) * (s_beta_1 / s) * squared_distance
-    )
-
-
-def _stein_kernel_sums(samples, scores, group_sizes, c, beta, block_size):
-    """Sum of ``k_0`` over all pairs, and over the pairs inside each contiguous group."""
-    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
-        raise TypeError(f"`block_size` must be a positive integer, got {block_size!r}.")
-    if block_size < 1:
-        raise ValueError(f"`block_size` must be a positive integer, got {block_size!r}.")
-    # k_0 depends on x − y only: centring keeps ‖x − y‖² accurate far from the origin.
-    samples = samples - samples.mean(axis=0)
-    n = samples.shape[0]
-    bounds = np.concatenate([[0], np.cumsum(group_sizes)])
-    total = 0.0
-    group_sums = np.zeros(len(group_sizes))
-    for start in range(0, n, block_size):
-        stop = min(start + block_size, n)
-        block = _stein_kernel_block(
-            samples[start:stop], samples, scores[start:stop], scores, c, beta
-        )
-        total += float(block.sum())
-        for g in range(len(group_sizes)):
-            lo, hi = max(bounds[g], start), min(bounds[g + 1], stop)
-            if lo < hi:
-                group_sums[g] += block[lo - start : hi - start, bounds[g] : bounds[g + 1]].sum()
-    return total, group_sums
-
-
-def _discrepancy(kernel_sum: float, n: int) -> float:
-    # The V-statistic is ≥ 0 in exact arithmetic; clip rounding below zero.
-    return float(np.sqrt(max(kernel_sum / n**2, 0.0)))
-
-
-def kernel_stein_discrepancy(
-    samples, scores, *, c=1.0, beta=-0.5, block_size=_DEFAULT_BLOCK_SIZE
-) -> float:
-    """Kernel Stein discrepancy of draws from their scores, IMQ kernel (V-statistic).
-
-    .. math::
-
-        \\mathrm{KSD} = \\sqrt{\\frac{1}{n^2} \\sum_{i=1}^n \\sum_{j=1}^n k_0(x_i, x_j)},
-
-    with ``k_0`` the Langevin Stein kernel of ``k(x, y) = (c² + ‖x − y‖²)^β`` (see
-    :func:`imq_stein_kernel_matrix`). This is the *V-statistic*: the diagonal ``i = j``
-    is included, so the value is always ``≥ 0`` and is biased upwards by
-    ``O(1/n)`` in KSD²; for exact draws it shrinks like ``1/sqrt(n)``. (The U-statistic,
-    which drops the diagonal, is unbiased for KSD² but can be negative.)
-
-    Parameters
-    ----------
-    samples : array_like, shape (n, d)
-        Draws ``x_i`` (a 1-D array is read as ``d = 1``).
-    scores : array_like, shape (n, d)
-        ``∇ log π(x_i)``, the gradient of the log target density at each draw.
-    c : float, default 1.0
-        IMQ length scale. KSD is not invariant to the scale of the coordinates:
-        standardise them (see :func:`ksd`) or choose ``c`` on the scale of the draws.
-    beta : float, default -0.5
-        IMQ exponent, negative (``β ∈ (−1, 0)`` for the convergence guarantees).
-    block_size : int, default 256
-        Rows of the ``n × n`` kernel matrix computed at once; memory is
-        ``O(block_size · n)``, time ``O(n² d)``.
-
-    Returns
-    -------
-    float
-
-    References
-    ----------
-    J. Gorham and L. Mackey, "Measuring sample quality with kernels", ICML 2017.
-    """
-    c, beta = _check_kernel_parameters(c, beta)
-    samples, scores = _as_points("samples", samples), _as_points("scores", scores)
-    if samples.shape != scores.shape:
-        raise ValueError(
-            f"`samples` and `scores` must have the same shape, got {samples.shape} and "
-            f"{scores.shape}."
-        )
-    n = samples.shape[0]
-    if n == 0:
-        raise ValueError("`samples` is empty.")
-    total, _ = _stein_kernel_sums(samples, scores, [n], c, beta, block_size)
-    return _discrepancy(total, n)
-
-
-# --------------------------------------------------------------------------------------
-# PyMC front end
-# --------------------------------------------------------------------------------------
+#: The IMQ exponent of :func:`ksd`, inside ``(−1, 0)`` where KSD's guarantees hold.
+_BETA = -0.5
 
 
 @dataclass(frozen=True)
@@ -338,13 +144,18 @@ def ksd(
 
         \\mathrm{KSD} = \\sqrt{\\frac{1}{n^2} \\sum_{i,j} k_0(z_i, z_j)}
 
-    (V-statistic, see :func:`kernel_stein_discrepancy`) with the IMQ Stein kernel
-    ``k_0`` of ``k(x, y) = (c² + ‖x − y‖²)^{-1/2}`` (Gorham & Mackey 2017).
+    (V-statistic, see :func:`~pymc_sgmcmc.diagnostics.kernel_stein_discrepancy`) with
+    the IMQ Stein kernel ``k_0`` of ``k(x, y) = (c² + ‖x − y‖²)^{-1/2}`` (Gorham &
+    Mackey 2017).
 
     Smaller is better; values are comparable between traces of the same model and
     settings, not across models. For exact draws KSD shrinks like ``1/sqrt(n)`` (``n`` the
     number of draws, more precisely the effective sample size); a biased sampler levels off
     at a positive value.
+
+    ``ksd(idata, model, ...)`` is ``KernelSteinDiscrepancy(model)(idata, ...)``; build a
+    :class:`KernelSteinDiscrepancy` once to score many traces of one model without
+    compiling its functions again.
 
     Parameters
     ----------
@@ -407,8 +218,7 @@ def ksd(
     >>> result.pooled, result.per_chain  # doctest: +SKIP
     >>> add_ksd_to_idata(idata, result)  # doctest: +SKIP
     """
-    return _ksd_with(
-        _FullDataScore(modelcontext(model)),
+    return KernelSteinDiscrepancy(model)(
         idata,
         var_names=var_names,
         standardize=standardize,
@@ -420,118 +230,210 @@ def ksd(
     )
 
 
-class _FullDataScore:
-    """A model's full-data version with its transform and score functions, compiled once.
+class KernelSteinDiscrepancy:
+    """The kernel Stein discrepancy of traces of one PyMC model, its functions compiled once.
 
-    Compiling them is most of the cost of :func:`ksd` on a short trace; one instance
-    scores many traces of a model (as :func:`pymc_sgmcmc.select_step_size` does).
+    Calling an instance on a trace (with the keyword arguments of :func:`ksd`) computes,
+    for the draws ``θ_1 … θ_n`` on PyMC's unconstrained space and their full-data scores
+    ``b(θ) = ∇ log π(θ)``, with ``log π`` the full-data log posterior with the
+    log-Jacobians of the transforms,
+
+    .. math::
+
+        \\mathrm{KSD} = \\sqrt{\\frac{1}{n^2} \\sum_{i=1}^n \\sum_{j=1}^n k_0(θ_i, θ_j)},
+
+    ``k_0`` the IMQ Stein kernel of :func:`~pymc_sgmcmc.diagnostics.imq_stein_kernel_matrix`.
+    Building the instance compiles the model's forward transforms and its full-data
+    gradient, most of the cost of :func:`ksd` on a short trace; one instance scores many
+    traces of the model (as :func:`pymc_sgmcmc.select_step_size` does).
+
+    Parameters
+    ----------
+    model : pymc.Model, optional
+        From the context if omitted.
+
+    Attributes
+    ----------
+    model : pymc.Model
+    full_model : pymc.Model
+        ``model`` on its full data (:func:`pymc_sgmcmc.full_data_model`), whose posterior
+        the draws are compared with.
+    var_names : tuple of str
+        The free variables, in the order of ``model.value_vars``.
+    value_names : tuple of str
+        Their value variables on the unconstrained space (e.g. ``sigma_log__``).
+
+    Raises
+    ------
+    ValueError
+        For discrete free variables (no score), or a ``pm.Potential`` that uses
+        ``pm.Minibatch`` (see :func:`pymc_sgmcmc.full_data_model`).
+
+    Examples
+    --------
+    >>> discrepancy = KernelSteinDiscrepancy(model)  # doctest: +SKIP
+    >>> [discrepancy(idata, max_draws=500).pooled for idata in traces]  # doctest: +SKIP
     """
 
-    def __init__(self, model):
-        self.model = model
-        self.full_model = _full_data_model(model)
-        self.shapes = self.full_model.eval_rv_shapes()
-        self.value_names = [var.name for var in model.value_vars]
-        self.rv_names = [model.values_to_rvs[var].name for var in model.value_vars]
-        self._unconstrained = None
-        self._scores = None
-
-    def unconstrained(self, constrained):
-        if self._unconstrained is None:
-            self._unconstrained = _unconstrained_function(
-                self.full_model, self.rv_names, self.value_names
+    def __init__(self, model=None):
+        model = modelcontext(model)
+        discrete = [var.name for var in model.value_vars if var.dtype in discrete_dtypes]
+        if discrete:
+            raise ValueError(
+                f"KSD needs the score of every free variable, but {discrete} are discrete."
             )
-        return self._unconstrained(constrained)
+        self.model = model
+        self.full_model = full_data_model(model)
+        self.value_names = tuple(var.name for var in model.value_vars)
+        self.var_names = tuple(model.values_to_rvs[var].name for var in model.value_vars)
+        self._shapes = self.full_model.eval_rv_shapes()
+        self._sizes = [int(np.prod(self._shapes[name], dtype=int)) for name in self.value_names]
+        self._full_data = _full_data_log_posterior(self.full_model, self.value_names)
+        self._forward = _forward_transform_function(
+            self.full_model, self.var_names, self.value_names
+        )
 
-    def scores(self, positions, chunk_size):
-        if self._scores is None:
-            self._scores = _score_function(self.full_model, self.value_names, self.shapes)
-        return self._scores(positions, chunk_size)
+    def unconstrained_positions(self, draws: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Raveled positions on the unconstrained space of draws of the free variables.
+
+        .. math::
+
+            θ = \\big(f_1(x_1), …, f_K(x_K)\\big),
+
+        raveled in the order of :attr:`value_names`, with ``f_k`` the forward transform of
+        free variable ``k`` (e.g. ``log`` for a positive one; identity without one).
+
+        Parameters
+        ----------
+        draws : mapping of str to array_like
+            Every free variable by name (:attr:`var_names`), shape ``(n, *shape)``.
+
+        Returns
+        -------
+        ndarray, shape (n, size)
+        """
+        missing = [name for name in self.var_names if name not in draws]
+        if missing:
+            raise ValueError(f"The draws lack the model's free variable(s) {missing}.")
+        unconstrained = self._forward([draws[name] for name in self.var_names])
+        count = unconstrained[0].shape[0]
+        return np.concatenate(
+            [
+                values.reshape(count, size)
+                for values, size in zip(unconstrained, self._sizes, strict=True)
+            ],
+            axis=1,
+        ).astype(np.float64)
+
+    def scores(self, positions, *, chunk_size: int = 16) -> np.ndarray:
+        """The full-data scores ``∇ log π(θ)`` at raveled unconstrained positions.
+
+        ``log π`` is the full-data log posterior with the log-Jacobians, on the space of
+        :attr:`value_names` (from
+        :meth:`pymc_sgmcmc.gradients.full_data.FullDataLogPosterior.gradients`).
+
+        Parameters
+        ----------
+        positions : array_like, shape (n, size)
+            E.g. from :meth:`unconstrained_positions`.
+        chunk_size : int, default 16
+            Positions evaluated in one compiled call.
+
+        Returns
+        -------
+        ndarray, shape (n, size)
+        """
+        scores = self._full_data.gradients(
+            positions, positions_per_call=_checked_chunk_size(chunk_size)
+        )
+        if not np.all(np.isfinite(scores)):
+            raise ValueError(
+                "The full-data log density has a non-finite gradient at some draws (draws "
+                "outside the support, or a log density that overflows)."
+            )
+        return scores
+
+    def __call__(
+        self,
+        idata,
+        *,
+        var_names: Sequence[str] | None = None,
+        standardize: bool = True,
+        c: float = 1.0,
+        thin: int | None = None,
+        max_draws: int | None = None,
+        chunk_size: int = 16,
+        random_seed=None,
+    ) -> KSDResult:
+        """The KSD of a trace of the model; the arguments are those of :func:`ksd`."""
+        c, beta = check_kernel_parameters(c, _BETA)
+        thin = optional_positive_int("thin", thin)
+        max_draws = optional_positive_int("max_draws", max_draws)
+        chunk_size = _checked_chunk_size(chunk_size)
+        if not isinstance(standardize, bool | np.bool_):
+            raise TypeError(f"`standardize` must be a bool, got {standardize!r}.")
+        selected = _selected_value_names(var_names, self.var_names, self.value_names)
+
+        posterior = idata if isinstance(idata, xr.Dataset) else idata["posterior"]
+        missing = [name for name in self.var_names if name not in posterior]
+        if missing:
+            raise ValueError(f"The posterior lacks the model's free variable(s) {missing}.")
+        draw_index = _draw_index(posterior.sizes["draw"], thin, max_draws, random_seed)
+        n_chains, n_draws = posterior.sizes["chain"], len(draw_index)
+        draws = {
+            name: stacked_draws(posterior, name, self._shapes[name], draw_index)
+            for name in self.var_names
+        }
+        positions = self.unconstrained_positions(draws)
+        scores = self.scores(positions, chunk_size=chunk_size)
+
+        columns = self._columns(selected)
+        positions, scores = positions[:, columns], scores[:, columns]
+        if standardize:
+            positions, scores = _standardized(positions, scores)
+        total, chain_sums = stein_kernel_sums(
+            positions, scores, [n_draws] * n_chains, c=c, beta=beta
+        )
+        return KSDResult(
+            pooled=v_statistic_discrepancy(total, n_chains * n_draws),
+            per_chain=np.array([v_statistic_discrepancy(s, n_draws) for s in chain_sums]),
+            draws_per_chain=n_draws,
+            c=c,
+            beta=beta,
+            standardize=bool(standardize),
+            var_names=tuple(
+                name
+                for name, value in zip(self.var_names, self.value_names, strict=True)
+                if value in selected
+            ),
+        )
+
+    def _columns(self, selected: set[str]) -> np.ndarray:
+        """Columns of the raveled positions that belong to the ``selected`` value names."""
+        offsets = np.concatenate([[0], np.cumsum(self._sizes)])
+        return np.concatenate(
+            [
+                np.arange(offsets[k], offsets[k + 1])
+                for k, name in enumerate(self.value_names)
+                if name in selected
+            ]
+        )
 
 
-def _ksd_with(
-    scorer: _FullDataScore,
-    idata,
-    *,
-    var_names,
-    standardize,
-    c,
-    thin,
-    max_draws,
-    chunk_size,
-    random_seed,
-) -> KSDResult:
-    """:func:`ksd` with the model's compiled functions given."""
-    model = scorer.model
-    c, beta = _check_kernel_parameters(c, -0.5)
-    thin = optional_positive_int("thin", thin)
-    max_draws = optional_positive_int("max_draws", max_draws)
+def _checked_chunk_size(chunk_size) -> int:
     chunk_size = optional_positive_int("chunk_size", chunk_size)
     if chunk_size is None:
         raise TypeError("`chunk_size` must be a positive integer, got None.")
-    if not isinstance(standardize, bool | np.bool_):
-        raise TypeError(f"`standardize` must be a bool, got {standardize!r}.")
+    return chunk_size
 
-    discrete = [var.name for var in model.value_vars if var.dtype in discrete_dtypes]
-    if discrete:
-        raise ValueError(
-            f"KSD needs the score of every free variable, but {discrete} are discrete."
-        )
-    value_names, rv_names = scorer.value_names, scorer.rv_names
-    selected = _selected_value_names(var_names, rv_names, value_names)
 
-    posterior = idata if isinstance(idata, xr.Dataset) else idata["posterior"]
-    missing = [name for name in rv_names if name not in posterior]
-    if missing:
-        raise ValueError(f"The posterior lacks the model's free variable(s) {missing}.")
-    draw_index = _draw_index(posterior.sizes["draw"], thin, max_draws, random_seed)
-    n_chains, n_draws = posterior.sizes["chain"], len(draw_index)
-
-    shapes = scorer.shapes
-    constrained = [stacked_draws(posterior, name, shapes[name], draw_index) for name in rv_names]
-
-    unconstrained = scorer.unconstrained(constrained)
-    sizes = [int(np.prod(shapes[name], dtype=int)) for name in value_names]
-    positions = np.concatenate(
-        [u.reshape(n_chains * n_draws, size) for u, size in zip(unconstrained, sizes, strict=True)],
-        axis=1,
-    ).astype(np.float64)
-    scores = scorer.scores(positions, chunk_size)
-    if not np.all(np.isfinite(scores)):
-        raise ValueError(
-            "The full-data log density has a non-finite gradient at some draws (draws "
-            "outside the support, or a log density that overflows)."
-        )
-
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    columns = np.concatenate(
-        [
-            np.arange(offsets[k], offsets[k + 1])
-            for k, name in enumerate(value_names)
-            if name in selected
-        ]
-    )
-    positions, scores = positions[:, columns], scores[:, columns]
-    if standardize:
-        sd = positions.std(axis=0)
-        sd[sd == 0] = 1.0
-        positions = (positions - positions.mean(axis=0)) / sd
-        scores = scores * sd
-
-    total, chain_sums = _stein_kernel_sums(
-        positions, scores, [n_draws] * n_chains, c, beta, _DEFAULT_BLOCK_SIZE
-    )
-    return KSDResult(
-        pooled=_discrepancy(total, n_chains * n_draws),
-        per_chain=np.array([_discrepancy(s, n_draws) for s in chain_sums]),
-        draws_per_chain=n_draws,
-        c=c,
-        beta=beta,
-        standardize=bool(standardize),
-        var_names=tuple(
-            rv for rv, value in zip(rv_names, value_names, strict=True) if value in selected
-        ),
-    )
+def _standardized(positions, scores) -> tuple[np.ndarray, np.ndarray]:
+    """``z = (θ − m) / s`` and its scores ``s · ∇ log π(θ)`` (chain rule), per coordinate."""
+    standard_deviation = positions.std(axis=0)
+    # A constant coordinate is only centred.
+    standard_deviation[standard_deviation == 0] = 1.0
+    positions = (positions - positions.mean(axis=0)) / standard_deviation
+    return positions, scores * standard_deviation
 
 
 def _selected_value_names(var_names, rv_names, value_names) -> set[str]:
@@ -543,7 +445,7 @@ def _selected_value_names(var_names, rv_names, value_names) -> set[str]:
     to_value.update({name: name for name in value_names})
     unknown = [name for name in var_names if name not in to_value]
     if unknown:
-        raise ValueError(f"{unknown} are not free variables of the model ({rv_names}).")
+        raise ValueError(f"{unknown} are not free variables of the model ({list(rv_names)}).")
     if not var_names:
         raise ValueError("`var_names` is empty.")
     return {to_value[name] for name in var_names}
@@ -559,47 +461,33 @@ def _draw_index(n_draws: int, thin, max_draws, random_seed) -> np.ndarray:
     return index
 
 
-def _full_data_model(model):
-    """The model with every ``pm.Minibatch`` replaced by its whole data set.
+def _full_data_log_posterior(full_model, value_names) -> FullDataLogPosterior:
+    """The full-data log posterior of ``full_model`` over the raveled ``value_names``.
 
-    Replacing the Minibatch outputs inside ``model.logp()`` is not enough: the log density
-    graph is built for the batch's static shape (e.g. ``Alloc(..., 100)``). The model is
-    rebuilt on the full data instead (see :func:`pymc_sgmcmc.full_data.full_data_model`),
-    so its ``logp()`` is derived anew, without the ``total_size`` scaling.
+    ``full_model`` has no ``pm.Minibatch`` left, so the log posterior is its ``logp()``
+    with the log-Jacobians, in one chunk holding every row.
     """
-    return full_data_model(model)
+    value_vars = {var.name: var for var in full_model.value_vars}
+    with warnings.catch_warnings():
+        # Meant for the samplers: an observed variable with total_size but no
+        # pm.Minibatch is a fixed batch. Its logp keeps that scaling, as the samplers'
+        # target, and the user was told when building the sampler.
+        warnings.filterwarnings(
+            "ignore",
+            message=r"Observed variable .* has total_size=.*, but its data does not come "
+            r"from pm\.Minibatch",
+            category=SGMCMCWarning,
+        )
+        target = MinibatchLogPosterior(full_model, [value_vars[name] for name in value_names])
+    return FullDataLogPosterior(target)
 
 
-def _batched_function(inputs, outputs):
-    """Compile ``outputs`` of ``inputs`` vectorised over a new leading (draw) axis.
-
-    Falls back to a loop over draws of the unbatched function where PyTensor cannot
-    vectorise the graph.
-    """
-    batched = [pt.tensor(dtype=var.dtype, shape=(None, *var.type.shape)) for var in inputs]
-    try:
-        batched_outputs = vectorize_graph(outputs, dict(zip(inputs, batched, strict=True)))
-        return pytensor.function(batched, batched_outputs, on_unused_input="ignore")
-    except (NotImplementedError, TypeError, ValueError):
-        single = pytensor.function(inputs, outputs, on_unused_input="ignore")
-
-        def looped(*arrays):
-            results = [single(*items) for items in zip(*arrays, strict=True)]
-            return [np.stack(parts) for parts in zip(*results, strict=True)]
-
-        return looped
-
-
-def _to_unconstrained(model, rv_names, value_names, constrained) -> list[np.ndarray]:
-    """Apply each variable's forward transform to its draws (leading axis: draws)."""
-    return _unconstrained_function(model, rv_names, value_names)(constrained)
-
-
-def _unconstrained_function(model, rv_names, value_names):
-    """Compiled :func:`_to_unconstrained` of a model: a function of the constrained draws."""
+def _forward_transform_function(model, rv_names, value_names):
+    """A function of constrained draws (one array per variable, leading axis the draws)
+    returning their values on the unconstrained space, one array per variable."""
     rvs = [model[name] for name in rv_names]
     if all(model.rvs_to_transforms.get(rv) is None for rv in rvs):
-        return lambda constrained: [np.asarray(a) for a in constrained]
+        return lambda constrained: [np.asarray(array) for array in constrained]
     # Untransformed value variables share their variable's name: look them up by value.
     value_vars = {var.name: var for var in model.value_vars}
     placeholders = {rv: rv.type() for rv in rvs}
@@ -613,43 +501,17 @@ def _unconstrained_function(model, rv_names, value_names):
         outputs.append(pt.as_tensor_variable(value).astype(value_vars[value_name].dtype))
     outputs = clone_replace(outputs, replace=placeholders)
     inputs = [placeholders[rv] for rv in rvs]
-    function = _batched_function(inputs, outputs)
+    function = vectorized_function(
+        inputs,
+        outputs,
+        inputs,
+        lambda inputs, outputs: pytensor.function(inputs, outputs, on_unused_input="ignore"),
+    )
 
-    def unconstrained(constrained):
-        arrays = [np.asarray(a, dtype=rv.dtype) for a, rv in zip(constrained, rvs, strict=True)]
-        return [np.asarray(out) for out in function(*arrays)]
-
-    return unconstrained
-
-
-def _full_data_scores(model, value_names, shapes, positions, chunk_size) -> np.ndarray:
-    """``∇ log π(θ)`` of the full-data model at each raveled position (rows)."""
-    return _score_function(model, value_names, shapes)(positions, chunk_size)
-
-
-def _score_function(model, value_names, shapes):
-    """Compiled :func:`_full_data_scores` of a model: a function of positions and chunk size."""
-    dtype = pytensor.config.floatX
-    position = pt.vector("position", dtype=dtype)
-    value_vars = {var.name: var for var in model.value_vars}
-    replacements = {}
-    offset = 0
-    for name in value_names:
-        var = value_vars[name]
-        shape = tuple(int(size) for size in shapes[name])
-        size = int(np.prod(shape, dtype=int))
-        replacements[var] = position[offset : offset + size].reshape(shape).astype(var.dtype)
-        offset += size
-    logp = clone_replace(model.logp(jacobian=True), replacements)
-    gradient = pt.grad(logp.astype(dtype), position)
-    function = _batched_function([position], [gradient])
-
-    def scores(positions, chunk_size):
-        positions = positions.astype(dtype)
-        chunks = [
-            np.asarray(function(positions[start : start + chunk_size])[0], dtype=np.float64)
-            for start in range(0, positions.shape[0], chunk_size)
+    def forward(constrained):
+        arrays = [
+            np.asarray(array, dtype=rv.dtype) for array, rv in zip(constrained, rvs, strict=True)
         ]
-        return np.concatenate(chunks, axis=0)
+        return function(*arrays)
 
-    return scores
+    return forward

@@ -1,8 +1,17 @@
 """Preconditioned SGLD with an RMSprop diagonal (Li, Chen, Carlson & Carin 2016)."""
 
+from typing import NamedTuple
+
 import pytensor.tensor as pt
 
-__all__ = ["preconditioned_sgld_update", "rmsprop_preconditioner"]
+__all__ = ["RMSpropAuxiliary", "preconditioned_sgld_update", "rmsprop_preconditioner"]
+
+
+class RMSpropAuxiliary(NamedTuple):
+    """pSGLD's state beside the position: RMSprop's running average ``v`` of squared
+    gradients, shape ``(d,)``."""
+
+    square_average: object
 
 
 def rmsprop_preconditioner(square_average, logdensity_grad, *, decay, epsilon, adapt):

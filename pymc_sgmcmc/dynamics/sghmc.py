@@ -1,8 +1,16 @@
 """Underdamped Langevin update of SGHMC (Chen, Fox & Guestrin 2014)."""
 
+from typing import NamedTuple
+
 import pytensor.tensor as pt
 
-__all__ = ["sghmc_update"]
+__all__ = ["SGHMCAuxiliary", "sghmc_update"]
+
+
+class SGHMCAuxiliary(NamedTuple):
+    """SGHMC's state beside the position: the momentum ``p``, shape ``(d,)``."""
+
+    momentum: object
 
 
 def sghmc_update(

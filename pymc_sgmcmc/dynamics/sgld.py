@@ -1,8 +1,14 @@
 """Overdamped Langevin update of SGLD (Welling & Teh 2011)."""
 
+from typing import NamedTuple
+
 import pytensor.tensor as pt
 
-__all__ = ["sgld_update"]
+__all__ = ["SGLDAuxiliary", "sgld_update"]
+
+
+class SGLDAuxiliary(NamedTuple):
+    """SGLD keeps no state beside the position."""
 
 
 def sgld_update(position, logdensity_grad, step_size, temperature, noise):

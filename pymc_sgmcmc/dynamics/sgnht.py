@@ -1,8 +1,18 @@
 """Stochastic gradient Nosé-Hoover thermostat update (Ding et al. 2014)."""
 
+from typing import NamedTuple
+
 import pytensor.tensor as pt
 
-__all__ = ["sgnht_update"]
+__all__ = ["SGNHTAuxiliary", "sgnht_update"]
+
+
+class SGNHTAuxiliary(NamedTuple):
+    """SGNHT's state beside the position: the momentum ``p``, shape ``(d,)``, and the
+    thermostat ``ξ``, a scalar kept as a vector of length 1 beside it."""
+
+    momentum: object
+    thermostat: object
 
 
 def sgnht_update(

@@ -1,20 +1,21 @@
 """Gradient estimators of the log posterior: plain minibatches, control variates, and the
-full-data passes (in chunks) that control variates need."""
+full-data passes (in chunks) that control variates need.
 
-from pymc_sgmcmc.gradients.control_variate import (
-    BoundControlVariate,
-    ControlVariate,
-    control_variate_gradient,
-)
-from pymc_sgmcmc.gradients.full_data import FullDataLogPosterior, MaximumAPosteriori
-from pymc_sgmcmc.gradients.minibatch import MinibatchLogPosterior, MinibatchStream
+Every estimator follows :class:`~pymc_sgmcmc.gradients.estimator.GradientEstimator`: a
+graph of the estimate at a position on minibatch indices, the inputs it takes, and its
+per-chain state.
+"""
 
+from pymc_sgmcmc.gradients.control_variate import ControlVariate, ControlVariateGradient
+from pymc_sgmcmc.gradients.estimator import GradientEstimator, MinibatchGradient
+from pymc_sgmcmc.gradients.full_data import MaximumAPosteriori
+
+# The estimators, for users and for new ones; the log posterior and the full-data passes
+# they are built on are documented in their modules.
 __all__ = [
-    "BoundControlVariate",
     "ControlVariate",
-    "FullDataLogPosterior",
+    "ControlVariateGradient",
+    "GradientEstimator",
     "MaximumAPosteriori",
-    "MinibatchLogPosterior",
-    "MinibatchStream",
-    "control_variate_gradient",
+    "MinibatchGradient",
 ]

@@ -19,11 +19,14 @@ import numbers
 import numpy as np
 
 from pymc.blocking import DictToArrayBijection
+from pymc.step_methods.state import DataClassState, dataclass_state
 
+from pymc_sgmcmc._named_function import NamedInput
 from pymc_sgmcmc._validation import optional_positive_int, positive_int
+from pymc_sgmcmc.gradients.estimator import GradientEstimator
 from pymc_sgmcmc.gradients.full_data import FullDataLogPosterior, MaximumAPosteriori
 
-__all__ = ["BoundControlVariate", "ControlVariate", "control_variate_gradient"]
+__all__ = ["ControlVariate", "ControlVariateGradient", "control_variate_gradient"]
 
 
 def control_variate_gradient(
@@ -132,8 +135,8 @@ class ControlVariate:
             )
         return cls(centre=value)
 
-    def bind(self, target, value_vars, start, compile_kwargs=None) -> BoundControlVariate:
-        """Compute the centre and its full-data gradient for one model."""
+    def build(self, target, value_vars, start, compile_kwargs=None) -> ControlVariateGradient:
+        """The estimator for one model: its centre and the full-data gradient there."""
         full_data = FullDataLogPosterior(
             target, chunk_size=self.chunk_size, compile_kwargs=compile_kwargs
         )
@@ -149,39 +152,102 @@ class ControlVariate:
                     "The log posterior or its gradient is not finite at the given control-"
                     f"variate centre (log π = {logp!r}): pass a point inside the support."
                 )
-        return BoundControlVariate(self, full_data, centre, centre_gradient, map_result)
+        return ControlVariateGradient(
+            target, full_data, centre, centre_gradient, map_result, self.refresh_interval
+        )
 
 
-class BoundControlVariate:
-    """A :class:`ControlVariate` bound to a model: the centre, its gradient, full-data passes.
+@dataclass_state
+class ControlVariateState(DataClassState):
+    """Each chain's centre and its full-data gradient: refreshing moves them."""
+
+    centre: np.ndarray
+    centre_gradient: np.ndarray
+
+
+class ControlVariateGradient(GradientEstimator):
+    """The control-variate estimate ``∇ log π(θ̂) + ∇ log π̂(θ) − ∇ log π̂(θ̂)``
+    (Baker et al. 2019), both minibatch terms on the same rows.
+
+    Built by :meth:`ControlVariate.build`. Each chain's centre starts at the one found
+    when the step was built; with ``refresh_interval`` it moves to the chain's position
+    every that many draws (SVRG-style), at the cost of one full pass over the data.
 
     Attributes
     ----------
-    config : ControlVariate
     full_data : FullDataLogPosterior
+        The full-data passes behind the centre's gradient.
+    initial_centre, initial_centre_gradient : numpy.ndarray
+        ``θ̂`` and ``∇ log π(θ̂)`` where every chain starts, raveled.
     centre, centre_gradient : numpy.ndarray
-        The initial ``θ̂`` and ``∇ log π(θ̂)``, raveled; each chain's centre starts here.
+        The current chain's.
     map_result : MaximumAPosteriori or None
         The MAP search behind ``centre="map"``.
+    refresh_interval : int or None
     """
+
+    _state_class = ControlVariateState
 
     def __init__(
         self,
-        config: ControlVariate,
+        target,
         full_data: FullDataLogPosterior,
         centre: np.ndarray,
         centre_gradient: np.ndarray,
         map_result: MaximumAPosteriori | None,
+        refresh_interval: int | None,
     ):
-        self.config = config
+        super().__init__(target)
         self.full_data = full_data
-        self.centre = np.asarray(centre, dtype=float)
-        self.centre_gradient = np.asarray(centre_gradient, dtype=float)
+        self.initial_centre = np.asarray(centre, dtype=float)
+        self.initial_centre_gradient = np.asarray(centre_gradient, dtype=float)
         self.map_result = map_result
+        self.refresh_interval = refresh_interval
+        self.inputs = (
+            NamedInput("centre", target.dtype, 1),
+            NamedInput("centre_gradient", target.dtype, 1),
+        )
+        self.start_chain()
 
-    @property
-    def refresh_interval(self) -> int | None:
-        return self.config.refresh_interval
+    def gradient(self, position, indices, inputs: dict, minibatch_gradient=None):
+        return control_variate_gradient(
+            self.target,
+            position,
+            indices,
+            inputs["centre"],
+            inputs["centre_gradient"],
+            minibatch_gradient,
+        )
+
+    def minibatch_part(self, position, indices, inputs: dict):
+        # The full-data gradient at the centre is common to every estimate and cancels.
+        return self.target.gradient_at(position, indices) - self.target.gradient_at(
+            inputs["centre"], indices
+        )
+
+    def input_values(self) -> dict[str, np.ndarray]:
+        return {"centre": self.centre, "centre_gradient": self.centre_gradient}
+
+    def start_chain(self) -> None:
+        self.centre = self.initial_centre.copy()
+        self.centre_gradient = self.initial_centre_gradient.copy()
+
+    def after_draw(self, draw: int, position: np.ndarray) -> bool:
+        if self.refresh_interval is None or draw % self.refresh_interval:
+            return False
+        self.centre = np.array(position, dtype=float)
+        self.centre_gradient = self.full_data.gradient(self.centre)
+        return True
+
+    def check_data(self) -> None:
+        built = [stream.data_size for stream in self.full_data.streams]
+        now = [stream.data_size for stream in self.target.streams]
+        if built != now:
+            raise ValueError(
+                f"The data changed size since this step was built ({built} rows, now {now}; "
+                "pm.set_data?), but its control variate's full-data gradient was computed "
+                "on the old data. Build the step again after pm.set_data."
+            )
 
 
 def _raveled_centre(centre, value_vars, size: int) -> np.ndarray:

@@ -2,9 +2,11 @@
 
 Control variates need ``log π(θ) = log p(θ) + Σ_{i=1..N} log p(x_i | θ)`` and its gradient
 on all N rows, at a few points (the centre and, for ``centre="map"``, an optimiser's
-path). Building the model again on the full data would hold graph intermediates of
-size N; here the same minibatch graph is evaluated on consecutive chunks of rows and
-summed, so memory is bounded by the chunk size whatever N is.
+path); the kernel Stein discrepancy needs the gradient at every draw of a trace
+(:meth:`FullDataLogPosterior.gradients`, vectorised over the draws). Building the model
+again on the full data would hold graph intermediates of size N; here the same minibatch
+graph is evaluated on consecutive chunks of rows and summed, so memory is bounded by the
+chunk size whatever N is.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from scipy import optimize
 
 from pymc_sgmcmc._compat import compile_function
 from pymc_sgmcmc._validation import positive_int
+from pymc_sgmcmc._vectorize import vectorized_function
 from pymc_sgmcmc._warnings import warn
 
 __all__ = ["FullDataLogPosterior", "MaximumAPosteriori"]
@@ -75,26 +78,54 @@ class FullDataLogPosterior:
         self.size = target.size
         self.dtype = target.dtype
         self.streams = target.streams
-        compile_kwargs = compile_kwargs or {}
-        position = target.position
+        self._compile_kwargs = compile_kwargs or {}
+        self._position = target.position
         fixed, rows = target.split_by_stream()
-        self._fixed = compile_function(
-            [position], [fixed, pt.grad(fixed, position)], **compile_kwargs
-        )
-        self._chunks = []
+        self._fixed_graph = (fixed, pt.grad(fixed, self._position))
+        # Per stream: its chunk's inputs (row indices, weights) and (total, gradient).
+        self._chunk_graphs = []
         for stream, per_row in zip(self.streams, rows, strict=True):
             index_matrix = pt.matrix(f"chunk_index_{stream.index.name}", dtype=stream.index.dtype)
             weights = pt.matrix("weights", dtype=target.dtype)
             rows_matrix = vectorize_graph(per_row, {stream.index: index_matrix})
             total = pt.sum(weights * rows_matrix)
-            self._chunks.append(
-                compile_function(
-                    [position, index_matrix, weights],
-                    [total, pt.grad(total, position)],
-                    **compile_kwargs,
-                )
+            self._chunk_graphs.append(
+                ([index_matrix, weights], (total, pt.grad(total, self._position)))
             )
+        # Compiled at their first use: a user of `gradients` alone never compiles the
+        # one-position functions, and vice versa.
+        self._one_position = None
+        self._many_positions = None
         self.evaluations = 0
+
+    def _compile(self, inputs, outputs):
+        return compile_function(inputs, outputs, **self._compile_kwargs)
+
+    def _one_position_functions(self):
+        """``position ↦ (log π, ∇ log π)`` of the fixed part, and per stream of a chunk."""
+        if self._one_position is None:
+            position = self._position
+            fixed = self._compile([position], list(self._fixed_graph))
+            chunks = [
+                self._compile([position, *inputs], list(outputs))
+                for inputs, outputs in self._chunk_graphs
+            ]
+            self._one_position = (fixed, chunks)
+        return self._one_position
+
+    def _many_positions_functions(self):
+        """The gradients of :meth:`_one_position_functions`, vectorised over positions."""
+        if self._many_positions is None:
+            position = self._position
+            fixed = vectorized_function(
+                [position], [self._fixed_graph[1]], [position], self._compile
+            )
+            chunks = [
+                vectorized_function([position, *inputs], [outputs[1]], [position], self._compile)
+                for inputs, outputs in self._chunk_graphs
+            ]
+            self._many_positions = (fixed, chunks)
+        return self._many_positions
 
     def _stream_chunks(self, stream):
         """``(indices, weights)`` matrices covering rows ``0..N-1`` once, chunk by chunk."""
@@ -120,9 +151,10 @@ class FullDataLogPosterior:
             )
         # Evaluated in floatX (float32 too), summed in float64.
         typed = position.astype(self.dtype)
-        logp, gradient = self._fixed(typed)
+        fixed, chunks = self._one_position_functions()
+        logp, gradient = fixed(typed)
         logp, gradient = float(logp), np.array(gradient, dtype=float)
-        for stream, function in zip(self.streams, self._chunks, strict=True):
+        for stream, function in zip(self.streams, chunks, strict=True):
             for indices, weights in self._stream_chunks(stream):
                 chunk_logp, chunk_gradient = function(typed, indices, weights)
                 logp += float(chunk_logp)
@@ -133,6 +165,49 @@ class FullDataLogPosterior:
     def gradient(self, position) -> np.ndarray:
         """``∇ log π(θ)`` on the full data."""
         return self.logp_and_gradient(position)[1]
+
+    def gradients(self, positions, *, positions_per_call: int = 16) -> np.ndarray:
+        """``∇ log π(θ_k)`` on the full data at each row ``θ_k`` of ``positions``.
+
+        .. math::
+
+            ∇ \\log π(θ_k) = ∇ \\log p(θ_k)
+                + \\sum_{i=1}^N ∇ \\log p(x_i \\mid θ_k), \\qquad k = 1, …, P,
+
+        the sums of :meth:`gradient` (log-Jacobians and ``total_size`` scaling included),
+        with the graph vectorised over ``positions_per_call`` positions per compiled call:
+        many positions cost far fewer calls than a loop over :meth:`gradient`, for a peak
+        memory ``positions_per_call`` times that of one position's chunk of rows.
+
+        Parameters
+        ----------
+        positions : array_like, shape (P, size)
+            Raveled positions on the unconstrained space, one per row.
+        positions_per_call : int, default 16
+
+        Returns
+        -------
+        numpy.ndarray, shape (P, size)
+        """
+        positions = np.asarray(positions, dtype=float)
+        if positions.ndim != 2 or positions.shape[1] != self.size:
+            raise ValueError(
+                f"`positions` must have shape (P, {self.size}) (raveled parameters in "
+                f"rows), got {positions.shape}."
+            )
+        per_call = positive_int("positions_per_call", positions_per_call)
+        fixed, chunks = self._many_positions_functions()
+        gradients = np.empty(positions.shape, dtype=float)
+        for start in range(0, positions.shape[0], per_call):
+            # Evaluated in floatX (float32 too), summed in float64.
+            typed = positions[start : start + per_call].astype(self.dtype)
+            gradient = np.array(fixed(typed)[0], dtype=float)
+            for stream, function in zip(self.streams, chunks, strict=True):
+                for indices, weights in self._stream_chunks(stream):
+                    gradient += function(typed, indices, weights)[0]
+            gradients[start : start + per_call] = gradient
+        self.evaluations += positions.shape[0]
+        return gradients
 
     def find_map(self, start, *, maxiter: int = 1000) -> MaximumAPosteriori:
         """The maximum a posteriori point by L-BFGS on full-data passes.

@@ -29,7 +29,7 @@ from pytensor.tensor.variable import TensorConstant
 from pymc_sgmcmc._compat import compile_function
 from pymc_sgmcmc._warnings import warn
 
-__all__ = ["MinibatchLogPosterior", "MinibatchStream"]
+__all__ = ["MinibatchLogPosterior"]
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,8 @@
-"""PyMC step methods: thin adapters around the update rules."""
+"""PyMC step methods: thin adapters around the update rules, composed of parts."""
 
-from pymc_sgmcmc._warnings import MinibatchNoiseWarning
-from pymc_sgmcmc.step_methods.base import (
-    InitialEvaluationError,
-    SamplerDivergenceError,
-    StochasticGradientStep,
-)
+from pymc_sgmcmc.step_methods.base import StochasticGradientStep
 from pymc_sgmcmc.step_methods.sghmc import SGHMC
 from pymc_sgmcmc.step_methods.sgld import SGLD, pSGLD
 from pymc_sgmcmc.step_methods.sgnht import SGNHT
 
-__all__ = [
-    "SGLD",
-    "SGHMC",
-    "SGNHT",
-    "pSGLD",
-    "InitialEvaluationError",
-    "MinibatchNoiseWarning",
-    "SamplerDivergenceError",
-    "StochasticGradientStep",
-]
+__all__ = ["SGLD", "SGHMC", "SGNHT", "pSGLD", "StochasticGradientStep"]

@@ -7,15 +7,11 @@ import pytensor.tensor as pt
 
 from pymc.step_methods.state import dataclass_state
 
+from pymc_sgmcmc._validation import check_non_negative, check_positive_array
 from pymc_sgmcmc._warnings import warn
-from pymc_sgmcmc.dynamics import sghmc_update
-from pymc_sgmcmc.step_methods.base import (
-    END_OF_TUNING_NOISE_PAIRS,
-    StochasticGradientState,
-    StochasticGradientStep,
-    check_non_negative,
-    check_positive_array,
-)
+from pymc_sgmcmc.dynamics import SGHMCAuxiliary, sghmc_update
+from pymc_sgmcmc.step_methods.base import StochasticGradientState, StochasticGradientStep
+from pymc_sgmcmc.step_methods.noise_monitor import END_OF_TUNING_NOISE_PAIRS, NoiseMeasures
 
 __all__ = ["SGHMC"]
 
@@ -96,7 +92,7 @@ class SGHMC(StochasticGradientStep):
     bars denoting means over coordinates (nan where nothing is injected). The minibatch
     noise that ``B̂`` does not account for heats the chain to ``T_eff = T + (hV/2 −
     B̂)/Γ``; with ``B̂ = 0`` that is ``T (1 + noise_ratio)``, as for SGLD. The
-    :class:`~pymc_sgmcmc.step_methods.base.MinibatchNoiseWarning` is about this excess,
+    :class:`~pymc_sgmcmc.MinibatchNoiseWarning` is about this excess,
     ``(h V̄/2 − B̂̄) / (T Γ̄) > 1``, so a ``B̂`` that absorbs the noise (e.g.
     ``gradient_noise="estimate"``) silences it while ``noise_ratio`` still shows how
     much of the momentum noise comes from minibatches (which ``B̂`` corrects only if the
@@ -114,7 +110,8 @@ class SGHMC(StochasticGradientStep):
         "kinetic_energy": (np.float64, []),
         "gradient_noise": (np.float64, []),
     }
-    _auxiliary_names = ("momentum",)
+    _auxiliary_type = SGHMCAuxiliary
+    _kernel_stat_names = ("kinetic_energy",)
     _state_class = SGHMCState
     _restart_note = " (its momentum drawn afresh)"
     _divergence_advice = "Lower step_size (e.g. by a factor of 10) or raise friction"
@@ -165,6 +162,8 @@ class SGHMC(StochasticGradientStep):
         self.mass = check_positive_array("mass", self._mass_argument, self._size)
         gradient_noise = self._gradient_noise_argument
         self.estimate_gradient_noise = isinstance(gradient_noise, str)
+        # The estimate averages a pair after every tuning draw.
+        self._pairs_every_tuning_draw = self.estimate_gradient_noise
         if self.estimate_gradient_noise:
             if gradient_noise != "estimate":
                 raise ValueError(
@@ -232,14 +231,13 @@ class SGHMC(StochasticGradientStep):
         return {**super()._parameters(), **cast}
 
     def _transition(self, position, auxiliary, gradient, step_size, noise, parameters):
-        (momentum,) = auxiliary
         # A given B̂ is fixed; an estimated one is h V̂ / 2, so it follows the schedule.
         gradient_noise = (
             parameters["gradient_noise"] + step_size * parameters["gradient_variance"] / 2
         )
         position, momentum = sghmc_update(
             position,
-            momentum,
+            auxiliary.momentum,
             gradient,
             step_size,
             friction=parameters["friction"],
@@ -248,11 +246,10 @@ class SGHMC(StochasticGradientStep):
             temperature=parameters["temperature"],
             noise=noise,
         )
-        return position, [momentum]
+        return position, SGHMCAuxiliary(momentum)
 
-    def _extra_stats(self, position, auxiliary, parameters) -> dict:
-        (momentum,) = auxiliary
-        return {"kinetic_energy": 0.5 * pt.sum(momentum**2 / parameters["mass"])}
+    def _kernel_stats(self, position, auxiliary, parameters) -> dict:
+        return {"kinetic_energy": 0.5 * pt.sum(auxiliary.momentum**2 / parameters["mass"])}
 
     def _draw_stats(self, step_size: float) -> dict:
         return {"gradient_noise": float(np.mean(self._gradient_noise_at(step_size)))}
@@ -269,7 +266,7 @@ class SGHMC(StochasticGradientStep):
 
     def _initial_auxiliary(self, position):
         scale = np.sqrt(self.temperature * self.mass)
-        return [(scale * self.rng.standard_normal(self._size)).astype(self._dtype)]
+        return SGHMCAuxiliary((scale * self.rng.standard_normal(self._size)).astype(self._dtype))
 
     # ---- minibatch noise ------------------------------------------------------------------
     def _injected_noise(self, step_size: float) -> np.ndarray:
@@ -277,26 +274,23 @@ class SGHMC(StochasticGradientStep):
         injected = self.temperature * self.friction - self._gradient_noise_at(step_size)
         return np.broadcast_to(np.maximum(injected, 0.0), (self._size,))
 
-    def _noise_ratio(self, step_size: float, gradient_variance) -> float:
+    def _noise_measures(self, step_size, gradient_variance) -> NoiseMeasures:
         # h² Σ_j V_j / (2h Σ_j max(TΓ_j − B̂_j, 0)): minibatch over injected momentum variance.
-        return (
+        ratio = (
             step_size * np.mean(gradient_variance) / (2 * np.mean(self._injected_noise(step_size)))
         )
-
-    def _relative_excess_temperature(self, step_size: float, gradient_variance) -> float:
         # (T_eff − T) Γ = h V / 2 − B̂ per coordinate; sums over coordinates, over T ΣΓ.
         uncorrected = step_size * np.mean(gradient_variance) / 2 - np.mean(
             np.broadcast_to(self._gradient_noise_at(step_size), (self._size,))
         )
-        return uncorrected / (
+        excess = uncorrected / (
             self.temperature * np.mean(np.broadcast_to(self.friction, (self._size,)))
         )
-
-    def _excess_temperature(self, step_size: float, gradient_variance) -> np.ndarray:
         # (T_eff − T) / T = (h V / 2 − B̂) / (T Γ) per coordinate.
-        return (step_size * gradient_variance / 2 - self._gradient_noise_at(step_size)) / (
-            self.temperature * self.friction
-        )
+        per_coordinate = (
+            step_size * gradient_variance / 2 - self._gradient_noise_at(step_size)
+        ) / (self.temperature * self.friction)
+        return NoiseMeasures(ratio, excess, per_coordinate)
 
     def _without_tuning_warning(self) -> str | None:
         if not self.estimate_gradient_noise:
@@ -307,28 +301,43 @@ class SGHMC(StochasticGradientStep):
             "then estimated over the second half of tuning)."
         )
 
-    def _noise_pair_due(self) -> bool:
-        # gradient_noise="estimate" takes a pair after every tuning draw.
-        return super()._noise_pair_due() or (self.estimate_gradient_noise and self.tune)
-
     def _start_chain(self, rng, tune=None, draws=None) -> None:
         self._gradient_variance = np.zeros(self._size, dtype=self._dtype)
         super()._start_chain(rng, tune, draws)
 
-    def _finish_tuning_noise_estimate(self, position) -> None:
+    def _end_of_tuning(self, position) -> None:
         if not self.estimate_gradient_noise:
             return
-        missing = END_OF_TUNING_NOISE_PAIRS - self._gradient_variance_count
+        monitor = self.noise_monitor
+        missing = END_OF_TUNING_NOISE_PAIRS - monitor.pair_count
         if missing > 0:
-            self._add_gradient_pairs(position, missing)
-        count = max(self._gradient_variance_count, 1)
-        self._gradient_variance = (self._gradient_variance_sum / count).astype(self._dtype)
+            monitor.add_pairs(position, missing)
+        count = max(monitor.pair_count, 1)
+        self._gradient_variance = (monitor.variance_sum / count).astype(self._dtype)
         self._refresh_parameters()
         step_size = self._next_step_size()
         self._check_friction(self._gradient_noise_at(step_size), error=False, step_size=step_size)
 
-    def _reconfigure(self, *, step_size, friction=None) -> None:
+    #: Momentum decay ``α = hΓ/M`` per step where :func:`pymc_sgmcmc.select_step_size`
+    #: sets the friction: ``Γ = α M / h`` at each candidate ``h`` (0.01-0.1 mixes well).
+    default_momentum_decay = 0.1
+
+    @classmethod
+    def default_step_sizes(cls, curvature: float, options: dict, size: int) -> np.ndarray:
+        """``h`` is a time: ``η = h²/M``, so the largest is ``sqrt(M / curvature)`` and they
+        span two decades (four in ``η``, as SGLD's)."""
+        mass = float(np.min(options.get("mass", 1.0)))
+        return np.sqrt(mass / curvature) * np.logspace(-2.0, 0.0, size)
+
+    @classmethod
+    def coupled_settings(cls, step_size: float, options: dict) -> dict:
+        if "friction" in options:
+            return {}
+        mass = np.asarray(options.get("mass", 1.0), dtype=float)
+        return {"friction": cls.default_momentum_decay * mass / step_size}
+
+    def reconfigure(self, *, step_size, friction=None) -> None:
         """Use another step size (and friction) from the next chain on, keeping the kernel."""
         if friction is not None:
             self._friction_argument = friction
-        super()._reconfigure(step_size=step_size)
+        super().reconfigure(step_size=step_size)

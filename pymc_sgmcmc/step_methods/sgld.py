@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from pymc_sgmcmc.dynamics import preconditioned_sgld_update, rmsprop_preconditioner, sgld_update
+from pymc_sgmcmc.dynamics import (
+    RMSpropAuxiliary,
+    preconditioned_sgld_update,
+    rmsprop_preconditioner,
+    sgld_update,
+)
 from pymc_sgmcmc.preconditioners import RMSprop
 from pymc_sgmcmc.step_methods.base import StochasticGradientStep
+from pymc_sgmcmc.step_methods.noise_monitor import NoiseMeasures
 
 __all__ = ["SGLD", "pSGLD"]
 
@@ -108,7 +114,7 @@ class SGLD(StochasticGradientStep):
     between them) and 20 pairs where tuning ends. It is 0 for a model without
     ``pm.Minibatch`` (exact gradients) and nan at ``T = 0`` (nothing injected). If the
     mean ``V̂`` since tuning ended puts it above 1 (checked when tuning ends and at each
-    later estimate), a :class:`~pymc_sgmcmc.step_methods.base.MinibatchNoiseWarning`
+    later estimate), a :class:`~pymc_sgmcmc.MinibatchNoiseWarning`
     says so, once per chain. :func:`pymc_sgmcmc.diagnostics.noise_summary` summarises
     it per chain.
 
@@ -128,7 +134,7 @@ class SGLD(StochasticGradientStep):
             )
         self.preconditioner = preconditioner
         if preconditioner is not None:
-            self._auxiliary_names = ("square_average",)
+            self._auxiliary_type = RMSpropAuxiliary
         super().__init__(vars, step_size=step_size, **options)
 
     def _parameters(self) -> dict[str, np.ndarray]:
@@ -144,41 +150,48 @@ class SGLD(StochasticGradientStep):
 
     def _initial_auxiliary(self, position):
         if self.preconditioner is None:
-            return []
+            return self._auxiliary_type()
         # All zeros: the first step sets v to its gradient's square.
-        return [np.zeros(self._size, dtype=self._dtype)]
+        return RMSpropAuxiliary(np.zeros(self._size, dtype=self._dtype))
 
     @property
     def preconditioner_values(self) -> np.ndarray | None:
         """The current chain's ``G`` per raveled coordinate (None without a preconditioner,
         or before the first draw)."""
-        if self.preconditioner is None or not self._auxiliary:
+        if self.preconditioner is None or self._auxiliary.square_average is None:
             return None
-        return self.preconditioner.values(self._auxiliary[0])
+        return self.preconditioner.values(self._auxiliary.square_average)
 
-    def _noise_ratio_state(self):
-        return (
-            None
-            if self.preconditioner is None or not self._auxiliary
-            else (self._auxiliary[0].tobytes())
-        )
+    def _noise_state_key(self):
+        if self.preconditioner is None or self._auxiliary.square_average is None:
+            return None
+        return self._auxiliary.square_average.tobytes()
 
-    def _noise_ratio(self, step_size: float, gradient_variance) -> float:
+    def _noise_measures(self, step_size, gradient_variance) -> NoiseMeasures:
         preconditioner = self.preconditioner_values
         if preconditioner is None:
-            return step_size * np.mean(gradient_variance) / (2 * self.temperature)
-        # η² Σ G² V over 2 η T Σ G: minibatch over injected variance per step.
-        return (
-            step_size
-            * np.sum(preconditioner**2 * gradient_variance)
-            / (2 * self.temperature * np.sum(preconditioner))
-        )
-
-    def _excess_temperature(self, step_size: float, gradient_variance) -> np.ndarray:
-        # η² G² V / (2 η T G) = η G V / (2T) per coordinate.
-        preconditioner = self.preconditioner_values
+            ratio = step_size * np.mean(gradient_variance) / (2 * self.temperature)
+        else:
+            # η² Σ G² V over 2 η T Σ G: minibatch over injected variance per step.
+            ratio = (
+                step_size
+                * np.sum(preconditioner**2 * gradient_variance)
+                / (2 * self.temperature * np.sum(preconditioner))
+            )
+        # η² G² V / (2 η T G) = η G V / (2T) per coordinate; nothing corrects for it, so
+        # the excess temperature over all coordinates is the ratio itself.
         scale = 1.0 if preconditioner is None else preconditioner
-        return step_size * scale * gradient_variance / (2 * self.temperature)
+        per_coordinate = step_size * scale * gradient_variance / (2 * self.temperature)
+        return NoiseMeasures(ratio, ratio, per_coordinate)
+
+    @classmethod
+    def default_step_sizes(cls, curvature: float, options: dict, size: int) -> np.ndarray:
+        """With a preconditioner the step is a length: ``G ≈ 1/rms(g)`` moves each
+        coordinate by about ``η``, so the largest is the narrowest posterior sd,
+        ``1/sqrt(curvature)``, three decades above the smallest; without, SGLD's."""
+        if options.get("preconditioner") is None:
+            return super().default_step_sizes(curvature, options, size)
+        return np.sqrt(1.0 / curvature) * np.logspace(-3.0, 0.0, size)
 
     def _restart_auxiliary(self, auxiliary):
         # RMSprop's running average is no random state: keep its last finite value.
@@ -196,10 +209,9 @@ class SGLD(StochasticGradientStep):
     def _transition(self, position, auxiliary, gradient, step_size, noise, parameters):
         temperature = parameters["temperature"]
         if self.preconditioner is None:
-            return sgld_update(position, gradient, step_size, temperature, noise), []
-        (square_average,) = auxiliary
+            return sgld_update(position, gradient, step_size, temperature, noise), auxiliary
         square_average, preconditioner = rmsprop_preconditioner(
-            square_average,
+            auxiliary.square_average,
             gradient,
             decay=parameters["decay"],
             epsilon=parameters["epsilon"],
@@ -208,7 +220,7 @@ class SGLD(StochasticGradientStep):
         position = preconditioned_sgld_update(
             position, gradient, step_size, temperature, noise, preconditioner
         )
-        return position, [square_average]
+        return position, RMSpropAuxiliary(square_average)
 
 
 class pSGLD(SGLD):
@@ -252,6 +264,13 @@ class pSGLD(SGLD):
     """
 
     name = "psgld"
+
+    @classmethod
+    def default_step_sizes(cls, curvature: float, options: dict, size: int) -> np.ndarray:
+        preconditioner = options.get("preconditioner") or RMSprop()
+        return super().default_step_sizes(
+            curvature, {**options, "preconditioner": preconditioner}, size
+        )
 
     def __init__(self, vars=None, *, step_size, preconditioner: RMSprop | None = None, **options):
         super().__init__(

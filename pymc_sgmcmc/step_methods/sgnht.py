@@ -5,10 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytensor.tensor as pt
 
-from pymc_sgmcmc.dynamics import sgnht_update
-from pymc_sgmcmc.step_methods.base import StochasticGradientStep, check_non_negative
+from pymc_sgmcmc._validation import check_non_negative
+from pymc_sgmcmc.dynamics import SGNHTAuxiliary, sgnht_update
+from pymc_sgmcmc.step_methods.base import StochasticGradientStep
+from pymc_sgmcmc.step_methods.noise_monitor import NoiseMeasures
 
 __all__ = ["SGNHT"]
+
+#: The momentum decay ``α = h A / T`` per step (as SGHMC's ``hΓ/M``) behind the diffusion
+#: :func:`pymc_sgmcmc.select_step_size` gives each candidate.
+DEFAULT_MOMENTUM_DECAY = 0.1
 
 
 class SGNHT(StochasticGradientStep):
@@ -71,7 +77,8 @@ class SGNHT(StochasticGradientStep):
         "thermostat": (np.float64, []),
         "kinetic_temperature": (np.float64, []),
     }
-    _auxiliary_names = ("momentum", "thermostat")
+    _auxiliary_type = SGNHTAuxiliary
+    _kernel_stat_names = ("thermostat", "kinetic_temperature")
     _restart_note = " (its momentum drawn afresh, its thermostat reset)"
     _divergence_advice = "Lower step_size (e.g. by a factor of 10) or raise diffusion"
     _noise_advice = "Lower step_size or raise the batch_size of pm.Minibatch"
@@ -112,10 +119,10 @@ class SGNHT(StochasticGradientStep):
 
     def _transition(self, position, auxiliary, gradient, step_size, noise, parameters):
         # The thermostat is a scalar, kept as a length-1 vector beside the other state.
-        momentum, thermostat = auxiliary
+        thermostat = auxiliary.thermostat
         position, momentum, new_thermostat = sgnht_update(
             position,
-            momentum,
+            auxiliary.momentum,
             thermostat[0],
             gradient,
             step_size,
@@ -123,29 +130,41 @@ class SGNHT(StochasticGradientStep):
             temperature=parameters["temperature"],
             noise=noise,
         )
-        return position, [momentum, pt.full_like(thermostat, new_thermostat)]
+        return position, SGNHTAuxiliary(momentum, pt.full_like(thermostat, new_thermostat))
 
     def _initial_auxiliary(self, position):
         momentum = np.sqrt(self.temperature) * self.rng.standard_normal(self._size)
         thermostat = np.full(1, self.initial_thermostat)
-        return [momentum.astype(self._dtype), thermostat.astype(self._dtype)]
+        return SGNHTAuxiliary(momentum.astype(self._dtype), thermostat.astype(self._dtype))
 
-    def _extra_stats(self, position, auxiliary, parameters) -> dict:
-        momentum, thermostat = auxiliary
-        return {"thermostat": thermostat[0], "kinetic_temperature": pt.mean(momentum**2)}
+    def _kernel_stats(self, position, auxiliary, parameters) -> dict:
+        return {
+            "thermostat": auxiliary.thermostat[0],
+            "kinetic_temperature": pt.mean(auxiliary.momentum**2),
+        }
 
-    def _noise_ratio(self, step_size: float, gradient_variance) -> float:
-        return step_size * np.mean(gradient_variance) / (2 * self.diffusion)
-
-    def _relative_excess_temperature(self, step_size: float, gradient_variance) -> float:
+    def _noise_measures(self, step_size, gradient_variance) -> NoiseMeasures:
+        ratio = step_size * np.mean(gradient_variance) / (2 * self.diffusion)
         # The thermostat absorbs the minibatch noise: nothing to warn about.
-        return 0.0
+        return NoiseMeasures(ratio, 0.0, np.zeros(self._size))
 
-    def _excess_temperature(self, step_size: float, gradient_variance) -> np.ndarray:
-        return np.zeros(self._size)
+    @classmethod
+    def default_step_sizes(cls, curvature: float, options: dict, size: int) -> np.ndarray:
+        """``h`` is a time with unit mass: the largest is the narrowest posterior sd,
+        ``1/sqrt(curvature)``, two decades above the smallest."""
+        return np.sqrt(1.0 / curvature) * np.logspace(-2.0, 0.0, size)
 
-    def _reconfigure(self, *, step_size, diffusion=None) -> None:
+    @classmethod
+    def coupled_settings(cls, step_size: float, options: dict) -> dict:
+        """The diffusion ``A = α T / h`` where the thermostat settles without minibatch
+        noise, with SGHMC's momentum decay ``α``."""
+        if "diffusion" in options:
+            return {}
+        temperature = float(options.get("temperature", 1.0))
+        return {"diffusion": DEFAULT_MOMENTUM_DECAY * temperature / step_size}
+
+    def reconfigure(self, *, step_size, diffusion=None) -> None:
         """Use another step size (and diffusion) from the next chain on, keeping the kernel."""
         if diffusion is not None:
             self._diffusion_argument = diffusion
-        super()._reconfigure(step_size=step_size)
+        super().reconfigure(step_size=step_size)
