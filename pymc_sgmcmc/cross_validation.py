@@ -41,7 +41,7 @@ from pymc_sgmcmc._compat import compile_function
 from pymc_sgmcmc._validation import optional_positive_int
 from pymc_sgmcmc._warnings import warn
 from pymc_sgmcmc.diagnostics._trace import group_dataset, has_group, stacked_draws
-from pymc_sgmcmc.full_data import _resized_rv, full_data_model
+from pymc_sgmcmc.full_data import full_data_model, rebuilt_random_variable
 
 __all__ = ["loo", "pointwise_log_likelihood"]
 
@@ -448,7 +448,7 @@ def _log_likelihood_graph(model, observed, placeholders):
     """
     value = pt.tensor(dtype=observed.dtype, shape=(None,) * observed.ndim)
     node = observed.owner
-    resized = _resized_rv(node, list(node.inputs), value)[node.outputs.index(observed)]
+    resized = rebuilt_random_variable(node, list(node.inputs), value)[node.outputs.index(observed)]
     # conditional_logp needs a value for every variable the likelihood reads: the draws,
     # and the data of other observed variables it depends on.
     rv_values = {**placeholders, resized: value}

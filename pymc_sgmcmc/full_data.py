@@ -21,7 +21,7 @@ from pytensor.graph.traversal import ancestors, toposort
 from pytensor.tensor.basic import get_vector_length
 from pytensor.tensor.random.op import RandomVariable
 
-__all__ = ["full_data_model"]
+__all__ = ["full_data_model", "rebuilt_random_variable"]
 
 
 def full_data_model(model: pm.Model, *, initvals: bool = True) -> pm.Model:
@@ -190,11 +190,11 @@ def _rebuild_on_full_data(fgraph, batched_observed) -> dict[Variable, Variable]:
             continue
         if node in resize:
             new_value = memo.get(resize[node], resize[node])
-            outputs = _resized_rv(node, inputs, new_value)
+            outputs = rebuilt_random_variable(node, inputs, new_value)
         elif all(new is old for new, old in zip(inputs, node.inputs, strict=True)):
             continue
         elif isinstance(op, SymbolicRandomVariable):
-            outputs = _resized_rv(node, inputs, None)
+            outputs = rebuilt_random_variable(node, inputs, None)
         else:
             outputs = node.clone_with_new_inputs(inputs, strict=False).outputs
         for old, new in zip(node.outputs, outputs, strict=True):
@@ -205,7 +205,7 @@ def _rebuild_on_full_data(fgraph, batched_observed) -> dict[Variable, Variable]:
     return memo
 
 
-def _resized_rv(node, inputs, new_value) -> list[Variable | None]:
+def rebuilt_random_variable(node, inputs, new_value) -> list[Variable | None]:
     """Outputs of a distribution node rebuilt on new inputs, with the batch shape of
     ``new_value`` (if given and the node has an explicit size)."""
     op = node.op

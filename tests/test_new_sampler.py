@@ -1,4 +1,5 @@
-"""What a new sampler takes: an update rule and a short step class, nothing else.
+"""What a new sampler takes (an update rule and a short step class, nothing else), and a
+new gradient estimator (a subclass of the protocol, passed to any sampler).
 
 The sampler here, SGLD with a fixed diagonal preconditioner (a "mass"), is defined in this
 file only; it gets minibatches, the compiled multi-step kernel, chain starts, divergence
@@ -10,9 +11,13 @@ from typing import NamedTuple
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
+import pytest
 
 from helpers import assert_gaussian_moments, minibatch_mean_model, seed_for
 
+import pymc_sgmcmc as sgmc
+
+from pymc_sgmcmc.gradients import MinibatchGradient, NamedInput
 from pymc_sgmcmc.step_methods import StochasticGradientStep
 from pymc_sgmcmc.step_methods.noise_monitor import NoiseMeasures
 
@@ -91,3 +96,45 @@ def test_a_new_sampler_gets_minibatches_and_the_noise_monitor():
     assert np.all(idata.sample_stats["noise_ratio"].values > 0)
     # Four posterior sds (1/sqrt(N)).
     assert abs(idata.posterior["mu"].values.mean() - data.mean()) < 4 / np.sqrt(data.size)
+
+
+class ClippedGradient(MinibatchGradient):
+    """Minibatch gradients clipped to a maximum norm: a new estimator, defined here only."""
+
+    def __init__(self, target, *, max_norm):
+        super().__init__(target)
+        self.max_norm = max_norm
+        self.inputs = (NamedInput("max_norm", target.dtype, 0),)
+
+    def gradient(self, position, indices, inputs, minibatch_gradient=None):
+        gradient = super().gradient(position, indices, inputs, minibatch_gradient)
+        norm = pt.linalg.norm(gradient)
+        return gradient * pt.minimum(1.0, inputs["max_norm"] / norm)
+
+    def input_values(self):
+        return {"max_norm": np.asarray(self.max_norm)}
+
+
+def test_a_new_gradient_estimator_plugs_into_every_sampler():
+    data = np.random.default_rng(seed_for("new estimator")).normal(2.0, 1.0, size=1000)
+    for make_step in (
+        lambda estimator: sgmc.SGLD(step_size=1e-5, gradient_estimator=estimator),
+        lambda estimator: sgmc.SGHMC(step_size=1e-3, friction=50.0, gradient_estimator=estimator),
+        lambda estimator: ScaledSGLD(step_size=1e-5, scale=1.0, gradient_estimator=estimator),
+    ):
+        with minibatch_mean_model(data, batch_size=100, prior_sd=10.0):
+            step = make_step(lambda target: ClippedGradient(target, max_norm=50.0))
+            idata = pm.sample(draws=50, tune=10, chains=1, step=step, random_seed=5, **QUIET)
+        # The chain starts about 2 from the mode (gradient about 2000): clipped to 50.
+        assert np.max(idata.sample_stats["grad_norm"].values) <= 50.0 * (1 + 1e-9)
+
+
+def test_a_bad_gradient_estimator_is_refused_clearly():
+    data = np.zeros(10)
+    with minibatch_mean_model(data, batch_size=5, prior_sd=1.0):
+        with pytest.raises(ValueError, match="either control_variate or gradient_estimator"):
+            sgmc.SGLD(step_size=1e-3, control_variate=True, gradient_estimator=MinibatchGradient)
+        with pytest.raises(TypeError, match="must be a callable"):
+            sgmc.SGLD(step_size=1e-3, gradient_estimator="clipped")
+        with pytest.raises(TypeError, match="must return a pymc_sgmcmc.gradients"):
+            sgmc.SGLD(step_size=1e-3, gradient_estimator=lambda target: target)

@@ -6,6 +6,7 @@ graph of the estimate at a position on minibatch indices, the inputs it takes, a
 per-chain state.
 """
 
+from pymc_sgmcmc._named_function import NamedInput
 from pymc_sgmcmc.gradients.control_variate import ControlVariate, ControlVariateGradient
 from pymc_sgmcmc.gradients.estimator import GradientEstimator, MinibatchGradient
 from pymc_sgmcmc.gradients.full_data import MaximumAPosteriori
@@ -18,4 +19,5 @@ __all__ = [
     "GradientEstimator",
     "MaximumAPosteriori",
     "MinibatchGradient",
+    "NamedInput",
 ]

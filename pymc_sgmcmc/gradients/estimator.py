@@ -34,7 +34,8 @@ class GradientEstimator(WithSamplingState):
     target : MinibatchLogPosterior
         The minibatch log posterior: its graph, streams and index inputs.
     inputs : tuple of NamedInput
-        What the estimate's graph takes besides the position and the indices.
+        What the estimate's graph takes besides the position and the indices (each a
+        :class:`~pymc_sgmcmc.gradients.NamedInput`: name, dtype, number of dimensions).
     """
 
     _state_class = MinibatchGradientState

@@ -37,7 +37,7 @@ from pymc_sgmcmc._named_function import NamedInput
 from pymc_sgmcmc._validation import check_noise_estimate_interval, check_non_negative
 from pymc_sgmcmc._warnings import warn
 from pymc_sgmcmc.dynamics import SGLDAuxiliary
-from pymc_sgmcmc.gradients import ControlVariate, MinibatchGradient
+from pymc_sgmcmc.gradients import ControlVariate, GradientEstimator, MinibatchGradient
 from pymc_sgmcmc.gradients.minibatch import MinibatchLogPosterior
 from pymc_sgmcmc.schedules import as_schedule, evaluate_schedule
 from pymc_sgmcmc.step_methods.chain_start import ChainStart
@@ -147,6 +147,7 @@ class StochasticGradientStep(BlockedStep):
         initial_jitter: float = 1.0,
         noise_estimate_interval: int | None = 20,
         control_variate=None,
+        gradient_estimator=None,
         on_divergence: str = "warn",
         model=None,
         rng=None,
@@ -195,7 +196,7 @@ class StochasticGradientStep(BlockedStep):
         self._point_map_info = mapped.point_map_info
         self._compile_kwargs = compile_kwargs or {}
         self.control_variate = ControlVariate.from_argument(control_variate)
-        self.gradient_estimator = self._gradient_estimator(mapped.data)
+        self.gradient_estimator = self._gradient_estimator(gradient_estimator, mapped.data)
         value_names = {var.name: var.name for var in self.vars}
         value_names.update({model.values_to_rvs[var].name: var.name for var in self.vars})
         self.chain_start = ChainStart(
@@ -237,8 +238,28 @@ class StochasticGradientStep(BlockedStep):
         )
         self._start_chain(rng)
 
-    def _gradient_estimator(self, start: np.ndarray):
-        """Plain minibatch gradients, or control variates (their centre found here)."""
+    def _gradient_estimator(self, make_estimator, start: np.ndarray):
+        """The user's estimator, plain minibatch gradients, or control variates (their
+        centre found here)."""
+        if make_estimator is not None:
+            if self.control_variate is not None:
+                raise ValueError(
+                    "Pass either control_variate or gradient_estimator, not both: "
+                    "control_variate=... builds a control-variate gradient estimator."
+                )
+            if not callable(make_estimator):
+                raise TypeError(
+                    "`gradient_estimator` must be a callable that takes the model's "
+                    "MinibatchLogPosterior and returns a pymc_sgmcmc.gradients."
+                    f"GradientEstimator (e.g. a subclass of it), got {make_estimator!r}."
+                )
+            estimator = make_estimator(self._target)
+            if not isinstance(estimator, GradientEstimator):
+                raise TypeError(
+                    "`gradient_estimator` must return a pymc_sgmcmc.gradients."
+                    f"GradientEstimator, got {type(estimator).__name__}."
+                )
+            return estimator
         if self.control_variate is None:
             return MinibatchGradient(self._target)
         if not self._target.streams:

@@ -72,7 +72,7 @@ class SGHMC(StochasticGradientStep):
         chain starts, with a warning.
     temperature : float, default 1.0
         ``T ≥ 0``; ``T = 0`` needs ``gradient_noise=0``.
-    steps_per_draw, initial_jitter, noise_estimate_interval, control_variate, on_divergence, model, rng, compile_kwargs
+    steps_per_draw, initial_jitter, noise_estimate_interval, control_variate, gradient_estimator, on_divergence, model, rng, compile_kwargs
         As for :class:`~pymc_sgmcmc.SGLD`.
 
     Notes
@@ -133,6 +133,7 @@ class SGHMC(StochasticGradientStep):
         initial_jitter: float = 1.0,
         noise_estimate_interval: int | None = 20,
         control_variate=None,
+        gradient_estimator=None,
         on_divergence: str = "warn",
         model=None,
         rng=None,
@@ -150,6 +151,7 @@ class SGHMC(StochasticGradientStep):
             initial_jitter=initial_jitter,
             noise_estimate_interval=noise_estimate_interval,
             control_variate=control_variate,
+            gradient_estimator=gradient_estimator,
             on_divergence=on_divergence,
             model=model,
             rng=rng,

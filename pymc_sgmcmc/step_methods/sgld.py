@@ -70,6 +70,12 @@ class SGLD(StochasticGradientStep):
         the centre). Each SG step then costs two minibatch gradients, and the gradient's
         variance shrinks from order ``N²/B`` to order ``(N²/B) ‖θ − θ̂‖²``: about
         ``N/B`` within a posterior sd of the centre.
+    gradient_estimator : callable, optional
+        Any other gradient estimator: a callable (such as a subclass of
+        :class:`~pymc_sgmcmc.gradients.GradientEstimator`) that takes the model's
+        :class:`~pymc_sgmcmc.gradients.minibatch.MinibatchLogPosterior` and returns the
+        estimator. None (the default) is plain minibatch gradients, or control variates
+        with ``control_variate``.
     on_divergence : {"warn", "raise"}, default "warn"
         What a diverging draw does: one whose position, gradient, auxiliary state
         (momentum, thermostat, running average) or log density turns non-finite, the

@@ -53,7 +53,7 @@ class SGNHT(StochasticGradientStep):
         with exact gradients.
     temperature : float, default 1.0
         ``T ≥ 0``.
-    steps_per_draw, initial_jitter, noise_estimate_interval, control_variate, on_divergence, model, rng, compile_kwargs
+    steps_per_draw, initial_jitter, noise_estimate_interval, control_variate, gradient_estimator, on_divergence, model, rng, compile_kwargs
         As for :class:`~pymc_sgmcmc.SGLD`.
 
     Notes
