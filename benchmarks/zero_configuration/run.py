@@ -11,6 +11,9 @@ and reported in the table: a blow-up is a result.
 
 Configurations:
 
+``zero configuration``
+    ``SGHMC()`` and ``SGLD()``: no arguments at all.
+
 ``documented rules``
     SGHMC(control_variate=True, step_size=0.3 s, friction=1/s) and
     SGLD(control_variate=True, step_size=0.2 s²), where ``s`` is the smallest posterior
@@ -63,7 +66,14 @@ def documented_rules(
     }
 
 
-CONFIGURATIONS = {"documented rules": documented_rules}
+def zero_configuration(
+    reference: dict,
+) -> dict[str, Callable[[], pm.step_methods.arraystep.BlockedStep]]:
+    """No sampler arguments at all: every setting adapted."""
+    return {"SGHMC": pymc_sgmcmc.SGHMC, "SGLD": pymc_sgmcmc.SGLD}
+
+
+CONFIGURATIONS = {"documented rules": documented_rules, "zero configuration": zero_configuration}
 
 
 def compare(idata, reference: dict) -> dict:

@@ -135,8 +135,24 @@ class ControlVariate:
             )
         return cls(centre=value)
 
-    def build(self, target, value_vars, start, compile_kwargs=None) -> ControlVariateGradient:
-        """The estimator for one model: its centre and the full-data gradient there."""
+    def build(
+        self, target, value_vars, start, compile_kwargs=None, *, guess=None
+    ) -> ControlVariateGradient:
+        """The estimator for one model: its centre and the full-data gradient there.
+
+        ``guess`` (a step's :class:`~pymc_sgmcmc.step_methods.posterior_guess.PosteriorGuess`)
+        gives a MAP found already, with its full-data passes, for ``centre="map"``.
+        """
+        if guess is not None and guess.map_result is not None and isinstance(self.centre, str):
+            map_result = guess.map_result
+            return ControlVariateGradient(
+                target,
+                guess.full_data,
+                map_result.position,
+                map_result.gradient,
+                map_result,
+                self.refresh_interval,
+            )
         full_data = FullDataLogPosterior(
             target, chunk_size=self.chunk_size, compile_kwargs=compile_kwargs
         )

@@ -24,6 +24,7 @@ import numbers
 from typing import NamedTuple
 
 import numpy as np
+import pytensor.tensor as pt
 
 from pymc.blocking import DictToArrayBijection, RaveledVars
 from pymc.model import modelcontext
@@ -36,10 +37,12 @@ from pymc_sgmcmc._compat import DIVERGING_DTYPE, sampling_chain_context
 from pymc_sgmcmc._named_function import NamedInput
 from pymc_sgmcmc._validation import check_noise_estimate_interval, check_non_negative
 from pymc_sgmcmc._warnings import warn
+from pymc_sgmcmc.adaptation import DENSE_LIMIT, Preconditioner
 from pymc_sgmcmc.dynamics import SGLDAuxiliary
 from pymc_sgmcmc.gradients import ControlVariate, GradientEstimator, MinibatchGradient
 from pymc_sgmcmc.gradients.minibatch import MinibatchLogPosterior
 from pymc_sgmcmc.schedules import as_schedule, evaluate_schedule
+from pymc_sgmcmc.step_methods.adapter import TuningAdapter
 from pymc_sgmcmc.step_methods.chain_start import ChainStart
 from pymc_sgmcmc.step_methods.divergence import DivergenceMonitor
 from pymc_sgmcmc.step_methods.kernel import build_kernel, build_start_function
@@ -48,8 +51,27 @@ from pymc_sgmcmc.step_methods.noise_monitor import (
     GradientNoiseMonitor,
     NoiseMeasures,
 )
+from pymc_sgmcmc.step_methods.posterior_guess import PosteriorGuess
 
 __all__ = ["StochasticGradientState", "StochasticGradientStep"]
+
+#: ``steps_per_draw="auto"`` (the default with ``step_size="auto"``) takes enough SG steps
+#: per draw to cover one unit of the dynamics' time on the whitened scale (``K η`` for
+#: SGLD, ``K h`` for SGHMC and SGNHT), about the relaxation time of a unit-variance
+#: posterior, so that successive draws are far from copies; at least ``AUTO_MIN_STEPS``
+#: (the per-draw overhead spread over them) and at most ``AUTO_MAX_STEPS`` (NUTS's own
+#: limit, 2¹⁰ leapfrog steps at its maximal tree depth).
+AUTO_MIN_STEPS, AUTO_MAX_STEPS = 10, 1024
+
+#: Placeholder until the adaptation sets the step size where a chain starts.
+AUTO_INITIAL_STEP_SIZE = 0.1
+
+#: ``control_variate="auto"`` turns them on from this ``N / B`` on: without them the
+#: whitened gradient variance is about ``N / B`` near the mode, which limits the step to
+#: ``2 T ρ B / N`` (``ρ`` the noise-ratio target, 0.1); at ``N / B = 4`` that is 0.05,
+#: a third of the discretisation limit, so control variates, at twice the gradient cost
+#: per step, pay from there on.
+CONTROL_VARIATE_MIN_RATIO = 4.0
 
 
 def check_covers_model(name: str, model, value_vars) -> None:
@@ -96,6 +118,7 @@ class StochasticGradientState(StepMethodState):
     gradient_estimator: DataClassState
     noise_monitor: DataClassState
     divergence_monitor: DataClassState
+    adapter: DataClassState
 
 
 class StochasticGradientStep(BlockedStep):
@@ -141,12 +164,13 @@ class StochasticGradientStep(BlockedStep):
         self,
         vars=None,
         *,
-        step_size,
+        step_size="auto",
+        mass="auto",
         temperature: float = 1.0,
-        steps_per_draw: int = 1,
+        steps_per_draw: int | None = None,
         initial_jitter: float = 1.0,
         noise_estimate_interval: int | None = 20,
-        control_variate=None,
+        control_variate="auto",
         gradient_estimator=None,
         on_divergence: str = "warn",
         model=None,
@@ -176,8 +200,24 @@ class StochasticGradientStep(BlockedStep):
         self.vars = value_vars
         self.blocked = True
 
-        self.step_size = as_schedule(step_size)
+        self.adapt_step_size = isinstance(step_size, str)
+        if self.adapt_step_size and step_size != "auto":
+            raise ValueError(
+                f'`step_size` must be "auto", a positive number or a schedule, got {step_size!r}.'
+            )
+        # Until the adaptation sets it where a chain starts.
+        self.step_size = as_schedule(AUTO_INITIAL_STEP_SIZE if self.adapt_step_size else step_size)
         self.temperature = check_non_negative("temperature", temperature)
+        if steps_per_draw is None:
+            steps_per_draw = "auto" if self.adapt_step_size else 1
+        self.adapt_steps_per_draw = isinstance(steps_per_draw, str)
+        if self.adapt_steps_per_draw:
+            if steps_per_draw != "auto" or not self.adapt_step_size:
+                raise ValueError(
+                    '`steps_per_draw` must be an integer >= 1, or "auto" with step_size="auto"; '
+                    f"got {steps_per_draw!r}."
+                )
+            steps_per_draw = AUTO_MIN_STEPS
         if (
             isinstance(steps_per_draw, bool)
             or not isinstance(steps_per_draw, numbers.Integral)
@@ -195,7 +235,20 @@ class StochasticGradientStep(BlockedStep):
         mapped = DictToArrayBijection.map({var.name: initial_point[var.name] for var in self.vars})
         self._point_map_info = mapped.point_map_info
         self._compile_kwargs = compile_kwargs or {}
-        self.control_variate = ControlVariate.from_argument(control_variate)
+        initial, adapt_preconditioner = self._resolve_mass(mass)
+        self._preconditioning = initial is not None
+        self.guess = (
+            PosteriorGuess.find(self._target, mapped.data, self._compile_kwargs)
+            if self.adapt_step_size or self._preconditioning
+            else None
+        )
+        if initial is None:
+            initial = Preconditioner.identity(self._size, dense=False)
+        elif adapt_preconditioner:
+            initial = Preconditioner.from_curvature(
+                self.guess.curvature, self._size, dense=initial.dense
+            )
+        self.control_variate = self._resolve_control_variate(control_variate, gradient_estimator)
         self.gradient_estimator = self._gradient_estimator(gradient_estimator, mapped.data)
         value_names = {var.name: var.name for var in self.vars}
         value_names.update({model.values_to_rvs[var].name: var.name for var in self.vars})
@@ -216,17 +269,31 @@ class StochasticGradientStep(BlockedStep):
             size=self._size,
             dtype=self._dtype,
             compile_kwargs=self._compile_kwargs,
+            whiten=self._whiten if self._preconditioning else None,
         )
+        self.adapter = TuningAdapter(
+            initial,
+            adapt_preconditioner=adapt_preconditioner,
+            adapt_step_size=self.adapt_step_size,
+            curvature=None if self.guess is None else self.guess.curvature,
+            step_size_rule=self._adapted_step_size,
+            time_per_step=self._time_per_step,
+            whitened_variance=self._whitened_variance,
+        )
+        self._factor = initial.factor
         parameters = {
             name: NamedInput.like(name, value, self._dtype)
             for name, value in self._parameters().items()
         }
         self._kernel = build_kernel(
             estimator=self.gradient_estimator,
-            transition=self._transition,
+            transition=(
+                self._preconditioned_transition if self._preconditioning else self._transition
+            ),
             auxiliary_type=self._auxiliary_type,
             parameters=parameters,
             steps=self.steps_per_draw,
+            variable_steps=self.adapt_steps_per_draw,
             kernel_stats=self._kernel_stats,
             stat_names=self._kernel_stat_names,
             compile_kwargs=self._compile_kwargs,
@@ -237,6 +304,58 @@ class StochasticGradientStep(BlockedStep):
             compile_kwargs=self._compile_kwargs,
         )
         self._start_chain(rng)
+
+    def _resolve_mass(self, mass) -> tuple[Preconditioner | None, bool]:
+        """The first preconditioner (None for none) and whether tuning adapts it."""
+        if isinstance(mass, str):
+            if mass == "auto":
+                if not self.adapt_step_size:
+                    # A given step size keeps its meaning: no preconditioner, as before.
+                    return None, False
+                mass = "dense" if self._size <= DENSE_LIMIT else "diag"
+            if mass not in ("dense", "diag"):
+                raise ValueError(
+                    f'`mass` must be "auto", "dense", "diag", None, or a positive vector or '
+                    f"positive definite matrix over the raveled parameters; got {mass!r}."
+                )
+            return Preconditioner.identity(self._size, dense=mass == "dense"), True
+        if mass is None:
+            return None, False
+        array = np.asarray(mass, dtype=float)
+        if array.ndim == 0:
+            array = np.full(self._size, float(array))
+        shapes = {1: (self._size,), 2: (self._size, self._size)}
+        if array.ndim not in shapes or array.shape != shapes[array.ndim]:
+            raise ValueError(
+                f"`mass` must be a scalar, a vector of {self._size} (one per raveled "
+                f"parameter) or a {self._size} x {self._size} matrix; got shape {array.shape}."
+            )
+        valid = np.all(np.isfinite(array)) and (
+            np.all(array > 0)
+            if array.ndim == 1
+            else np.allclose(array, array.T) and np.all(np.linalg.eigvalsh(array) > 0)
+        )
+        if not valid:
+            raise ValueError(
+                "`mass` must be positive (a vector) or symmetric positive definite (a matrix), "
+                "and finite."
+            )
+        return Preconditioner.from_mass(array), False
+
+    def _resolve_control_variate(self, value, gradient_estimator) -> ControlVariate | None:
+        """``"auto"``: on under adaptation (or a given ``mass``) where ``N/B`` is large and
+        the MAP search converged; otherwise as given."""
+        if not (isinstance(value, str) and value == "auto"):
+            return ControlVariate.from_argument(value)
+        if (
+            gradient_estimator is not None
+            or self.guess is None
+            or not self.guess.converged
+            or not self._target.streams
+        ):
+            return None
+        ratio = min(stream.data_size / stream.batch_size for stream in self._target.streams)
+        return ControlVariate() if ratio >= CONTROL_VARIATE_MIN_RATIO else None
 
     def _gradient_estimator(self, make_estimator, start: np.ndarray):
         """The user's estimator, plain minibatch gradients, or control variates (their
@@ -267,7 +386,84 @@ class StochasticGradientStep(BlockedStep):
                 "control_variate needs a model fed through pm.Minibatch: this model's "
                 "gradients are exact already."
             )
-        return self.control_variate.build(self._target, self.vars, start, self._compile_kwargs)
+        guess = self.guess if isinstance(self.control_variate.centre, str) else None
+        return self.control_variate.build(
+            self._target, self.vars, start, self._compile_kwargs, guess=guess
+        )
+
+    # ---- the preconditioner -----------------------------------------------------------
+    def _preconditioned_transition(
+        self, position, auxiliary, gradient, step_size, noise, parameters
+    ):
+        """The sampler's rule on the whitened scale ``z = L⁻¹ θ``: gradient ``Lᵀ g``, move
+        ``L Δz``. Every rule here moves the position by an increment that does not depend
+        on the position itself, so it is applied at ``z = 0``."""
+        factor = parameters["preconditioner_factor"]
+        dense = factor.ndim == 2
+        whitened_gradient = factor.T @ gradient if dense else factor * gradient
+        increment, auxiliary = self._transition(
+            pt.zeros_like(position), auxiliary, whitened_gradient, step_size, noise, parameters
+        )
+        return position + (factor @ increment if dense else factor * increment), auxiliary
+
+    def _whiten(self, vector: np.ndarray) -> np.ndarray:
+        """``Lᵀ v`` with the chain's current preconditioner."""
+        return self._factor.T @ vector if self._factor.ndim == 2 else self._factor * vector
+
+    def _adapted_step_size(self, curvature: float, gradient_variance: np.ndarray) -> float:
+        """The step size on the whitened scale for a largest whitened curvature
+        ``curvature`` and a whitened minibatch gradient variance (see
+        :mod:`pymc_sgmcmc.adaptation`)."""
+        raise NotImplementedError
+
+    def _whitened_variance(
+        self, position: np.ndarray, preconditioner: Preconditioner, pairs: int
+    ) -> np.ndarray:
+        """The minibatch gradient variance at ``position`` per coordinate of
+        ``preconditioner``'s whitened scale (the noise monitor's own generator)."""
+        return self.noise_monitor.sample_variance(position, pairs, whiten=preconditioner.whiten)
+
+    def _time_per_step(self, step_size: float) -> float:
+        """How far one SG step advances the dynamics' time on the whitened scale (SGLD's
+        ``η``; SGHMC's and SGNHT's ``h``)."""
+        return step_size
+
+    def _apply_adaptation(self, *, preconditioner_changed: bool) -> None:
+        adapter = self.adapter
+        if self.adapt_step_size:
+            self.step_size = as_schedule(adapter.step_size)
+            if self.adapt_steps_per_draw:
+                time = self._time_per_step(adapter.step_size)
+                self.steps_per_draw = int(
+                    np.clip(np.ceil(1.0 / time), AUTO_MIN_STEPS, AUTO_MAX_STEPS)
+                )
+        if preconditioner_changed:
+            self._factor = adapter.preconditioner.factor
+        self._refresh_parameters()
+
+    def adapted_settings(self) -> dict:
+        """The current chain's adapted settings, to reuse without adapting them again.
+
+        ``type(step)(**step.adapted_settings())`` samples with the same step size, mass
+        matrix and SG steps per draw (chains start near the MAP, and
+        ``control_variate="auto"`` applies, as here); only what was adapted is returned.
+        After ``pm.sample`` on one core it is the last chain's; the step size of every
+        chain is also the ``step_size`` sampler stat.
+        """
+        settings = {}
+        if self.adapt_step_size:
+            settings["step_size"] = float(self._next_step_size())
+        if self.adapter.adapt_preconditioner:
+            settings["mass"] = self.adapter.preconditioner.mass
+        if self.adapt_steps_per_draw:
+            settings["steps_per_draw"] = int(self.steps_per_draw)
+        return settings
+
+    @property
+    def mass_preconditioner(self) -> Preconditioner | None:
+        """The current chain's preconditioner (None without one): its ``covariance`` ``Σ``
+        and ``mass`` ``M = Σ⁻¹``, which ``mass=`` takes to reuse it."""
+        return self.adapter.preconditioner if self._preconditioning else None
 
     # ---- hooks for the samplers -------------------------------------------------------
     def _configure(self) -> None:
@@ -275,7 +471,10 @@ class StochasticGradientStep(BlockedStep):
 
     def _parameters(self) -> dict[str, np.ndarray]:
         """Numeric parameters of the update rule, passed to the kernel at every call."""
-        return {"temperature": np.asarray(self.temperature, dtype=self._dtype)}
+        values = {"temperature": np.asarray(self.temperature, dtype=self._dtype)}
+        if self._preconditioning:
+            values["preconditioner_factor"] = np.asarray(self._factor, dtype=self._dtype)
+        return values
 
     def _transition(self, position, auxiliary, gradient, step_size, noise, parameters):
         """The update rule as a graph: the next ``(position, auxiliary)``; ``auxiliary`` is
@@ -393,6 +592,12 @@ class StochasticGradientStep(BlockedStep):
         self._pending_end_of_tuning = False
         self.divergence_monitor.start_chain()
         self.gradient_estimator.start_chain()
+        self.adapter.start_chain(self._tune_draws)
+        self._factor = self.adapter.preconditioner.factor
+        if self.adapt_step_size:
+            self.step_size = as_schedule(AUTO_INITIAL_STEP_SIZE)
+        if self.adapt_steps_per_draw:
+            self.steps_per_draw = AUTO_MIN_STEPS
         self._refresh_parameters()
 
     def __getstate__(self):
@@ -419,10 +624,20 @@ class StochasticGradientStep(BlockedStep):
 
     def _begin(self, position: np.ndarray) -> np.ndarray:
         """A chain's first draw: its start, the gradient there, its auxiliary state."""
-        position = self.chain_start.first_position(position, self.rng, self._chain)
+        near = self.guess is not None and self.guess.position is not None
+        position = self.chain_start.first_position(
+            position,
+            self.rng,
+            self._chain,
+            centre=self.guess.position if near else None,
+            scale=self.adapter.preconditioner.scale if near else None,
+        )
         self._last_position = position
         self._auxiliary = self._initial_auxiliary(position)
         self._set_start_gradient(position)
+        if self.adapt_step_size:
+            self.adapter.begin(position)
+            self._apply_adaptation(preconditioner_changed=False)
         if self._pending_end_of_tuning:
             # tune=0: PyMC ended tuning before the chain had a position to measure at.
             self._pending_end_of_tuning = False
@@ -501,6 +716,14 @@ class StochasticGradientStep(BlockedStep):
         self._sg_step += steps
         self._draw += 1
         self._last_position = new_position
+        if self.tune and self.adapter.after_tuning_draw(
+            self._draw, new_position, bool(diverged), steps
+        ):
+            changed = not diverged and self.adapter.adapt_preconditioner
+            self._apply_adaptation(preconditioner_changed=changed)
+            if changed:
+                # Momentum and thermostat live on the whitened scale, which just moved.
+                self._auxiliary = self._restart_auxiliary(self._auxiliary)
         if self.gradient_estimator.after_draw(self._draw, new_position):
             # The estimator's inputs moved (a refreshed control-variate centre): the carried
             # gradient used the old ones, so take it afresh.

@@ -89,21 +89,35 @@ class ChainStart:
             )
 
     def first_position(
-        self, position: np.ndarray, rng: np.random.Generator, chain: int | None
+        self,
+        position: np.ndarray,
+        rng: np.random.Generator,
+        chain: int | None,
+        *,
+        centre: np.ndarray | None = None,
+        scale: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The chain's start: ``position`` checked, then jittered with ``rng``."""
+        """The chain's start: ``position`` checked, then jittered with ``rng``.
+
+        With a ``centre`` (the MAP, under adaptation) the coordinates the user did not
+        give start there instead, jittered by ``scale`` (posterior sds) times
+        ``U(−j, j)``.
+        """
         target = self.estimator.target
         target.check_data()
         self.estimator.check_data()
         position = position.astype(target.dtype)
+        free = self._jittered_coordinates(position, chain)
+        if centre is not None:
+            position = np.where(free, centre, position).astype(target.dtype)
         bad = target.non_finite_terms(position)
         if bad:
             raise self._error(position, bad, chain=chain, jittered=False)
-        free = self._jittered_coordinates(position, chain)
         if self.initial_jitter == 0 or not free.any():
             return position
+        spread = 1.0 if scale is None else scale
         for _ in range(JITTER_ATTEMPTS):
-            jitter = rng.uniform(-self.initial_jitter, self.initial_jitter, position.shape)
+            jitter = spread * rng.uniform(-self.initial_jitter, self.initial_jitter, position.shape)
             jittered = position + np.where(free, jitter, 0.0).astype(target.dtype)
             bad = target.non_finite_terms(jittered)
             if not bad:

@@ -45,6 +45,7 @@ def build_kernel(
     auxiliary_type: type[NamedTuple],
     parameters: Mapping[str, NamedInput],
     steps: int,
+    variable_steps: bool = False,
     kernel_stats: Callable | None = None,
     stat_names: tuple[str, ...] = (),
     compile_kwargs: dict,
@@ -63,6 +64,9 @@ def build_kernel(
         The sampler's numeric parameters, inputs rather than constants of the graph, so
         one compiled kernel (and Numba's on-disk cache of it) serves every value.
     steps : int
+    variable_steps : bool, default False
+        Whether calls may give another number of steps (at least 2 where ``steps`` is):
+        the inputs' first dimension sets it (``steps_per_draw="auto"``).
     kernel_stats : callable, optional
         ``kernel_stats(position, auxiliary, parameters)``: symbolic scalar stats of the
         draw's final state, by name; the names must be ``stat_names``.
@@ -128,7 +132,8 @@ def build_kernel(
             ],
             outputs_info=state,
             non_sequences=list(symbols.values()),
-            n_steps=steps - 1,
+            # Without a fixed count the sequences' length sets it at each call.
+            n_steps=None if variable_steps else steps - 1,
             return_list=True,
             return_updates=False,
         )

@@ -98,6 +98,9 @@ class GradientNoiseMonitor(WithSamplingState):
     size, dtype
         The raveled parameters' number and dtype.
     compile_kwargs : dict
+    whiten : callable, optional
+        ``whiten(g₁ − g₂)``: the gradient difference on the scale the sampler moves on
+        (``Lᵀ (g₁ − g₂)`` with a preconditioner ``Σ = L Lᵀ``); ``V`` is then that scale's.
     """
 
     _state_class = GradientNoiseState
@@ -112,8 +115,10 @@ class GradientNoiseMonitor(WithSamplingState):
         size: int,
         dtype: str,
         compile_kwargs: dict,
+        whiten: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
         self.estimator = estimator
+        self._whiten = whiten
         self.interval = interval
         self._measures = measures
         self._describe_coordinate = describe_coordinate
@@ -170,8 +175,8 @@ class GradientNoiseMonitor(WithSamplingState):
         return NamedFunction(
             [(position, position_variable), *first, *second],
             fixed,
-            [0.5 * (gradient_first - gradient_second) ** 2],
-            ["variance"],
+            [0.5 * (gradient_first - gradient_second) ** 2, gradient_first - gradient_second],
+            ["variance", "difference"],
             **self._compile_kwargs,
         )
 
@@ -181,28 +186,36 @@ class GradientNoiseMonitor(WithSamplingState):
         The estimate becomes the latest one (recorded in ``noise_ratio`` until the next)
         and joins the running sum of the phase.
         """
-        target = self.estimator.target
-        if not target.streams:
-            # Exact gradients: no minibatch noise at all, nothing to compile or draw.
-            variance = np.zeros(self._size)
-        else:
-            if self._pair_function is None:
-                self._pair_function = self._compile_pair()
-            self._pair_function.set_fixed(self.estimator.input_values())
-            indices = target.draw_indices(self.rng, 2 * pairs)
-            position = np.asarray(position, dtype=self._dtype)
-            variance = np.zeros(self._size)
-            for pair in range(pairs):
-                first = {f"first_{j}": index[2 * pair] for j, index in enumerate(indices)}
-                second = {f"second_{j}": index[2 * pair + 1] for j, index in enumerate(indices)}
-                variance += self._pair_function(position=position, **first, **second)["variance"]
-            variance /= pairs
+        variance = self.sample_variance(position, pairs, whiten=self._whiten)
         if not np.all(np.isfinite(variance)):
             # A pair at the edge of the support says nothing about the noise: skip it.
             return
         self.latest_variance = variance
         self.variance_sum += pairs * variance
         self.pair_count += pairs
+
+    def sample_variance(self, position: np.ndarray, pairs: int, *, whiten=None) -> np.ndarray:
+        """The mean of ``½ (w(g₁ − g₂))²`` over ``pairs`` pairs at ``position``, ``w`` being
+        ``whiten`` (the identity if None); nothing is recorded."""
+        target = self.estimator.target
+        if not target.streams:
+            # Exact gradients: no minibatch noise at all, nothing to compile or draw.
+            return np.zeros(self._size)
+        if self._pair_function is None:
+            self._pair_function = self._compile_pair()
+        self._pair_function.set_fixed(self.estimator.input_values())
+        indices = target.draw_indices(self.rng, 2 * pairs)
+        position = np.asarray(position, dtype=self._dtype)
+        variance = np.zeros(self._size)
+        for pair in range(pairs):
+            first = {f"first_{j}": index[2 * pair] for j, index in enumerate(indices)}
+            second = {f"second_{j}": index[2 * pair + 1] for j, index in enumerate(indices)}
+            result = self._pair_function(position=position, **first, **second)
+            if whiten is None:
+                variance += result["variance"]
+            else:
+                variance += 0.5 * whiten(np.asarray(result["difference"], dtype=float)) ** 2
+        return variance / pairs
 
     # ---- reporting -----------------------------------------------------------------------
     def measures(self, step_size: float, gradient_variance) -> NoiseMeasures:

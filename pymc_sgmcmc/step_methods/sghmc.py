@@ -9,7 +9,9 @@ from pymc.step_methods.state import dataclass_state
 
 from pymc_sgmcmc._validation import check_non_negative, check_positive_array
 from pymc_sgmcmc._warnings import warn
+from pymc_sgmcmc.adaptation import limited_step
 from pymc_sgmcmc.dynamics import SGHMCAuxiliary, sghmc_update
+from pymc_sgmcmc.schedules import evaluate_schedule
 from pymc_sgmcmc.step_methods.base import StochasticGradientState, StochasticGradientStep
 from pymc_sgmcmc.step_methods.noise_monitor import END_OF_TUNING_NOISE_PAIRS, NoiseMeasures
 
@@ -124,15 +126,15 @@ class SGHMC(StochasticGradientStep):
         self,
         vars=None,
         *,
-        step_size,
-        friction,
-        mass=1.0,
+        step_size="auto",
+        friction="auto",
+        mass="auto",
         gradient_noise=0.0,
         temperature: float = 1.0,
-        steps_per_draw: int = 1,
+        steps_per_draw: int | None = None,
         initial_jitter: float = 1.0,
         noise_estimate_interval: int | None = 20,
-        control_variate=None,
+        control_variate="auto",
         gradient_estimator=None,
         on_divergence: str = "warn",
         model=None,
@@ -141,11 +143,20 @@ class SGHMC(StochasticGradientStep):
         compile_kwargs: dict | None = None,
     ):
         self._friction_argument = friction
-        self._mass_argument = mass
         self._gradient_noise_argument = gradient_noise
+        # Given step size and friction with a number or vector for the mass keep SGHMC's
+        # own diagonal mass, as before; otherwise the mass is a (whitening) preconditioner
+        # and the momentum has unit mass on its scale.
+        own_mass = (
+            not isinstance(step_size, str)
+            and not isinstance(friction, str)
+            and (mass == "auto" if isinstance(mass, str) else np.ndim(mass) <= 1)
+        )
+        self._mass_argument = (1.0 if isinstance(mass, str) else mass) if own_mass else 1.0
         super().__init__(
             vars,
             step_size=step_size,
+            mass=None if own_mass else mass,
             temperature=temperature,
             steps_per_draw=steps_per_draw,
             initial_jitter=initial_jitter,
@@ -159,8 +170,24 @@ class SGHMC(StochasticGradientStep):
             compile_kwargs=compile_kwargs,
         )
 
+    #: ``h √λ`` at the discretisation limit of the adapted step size, with ``Γ = 1`` (a
+    #: momentum decay ``hΓ = 0.3`` per step) on the whitened scale.
+    adapted_step_limit = 0.3
+
     def _configure(self) -> None:
-        self.friction = check_positive_array("friction", self._friction_argument, self._size)
+        friction = self._friction_argument
+        if isinstance(friction, str):
+            if friction != "auto":
+                raise ValueError(f'`friction` must be "auto" or positive, got {friction!r}.')
+            if self._preconditioning:
+                # One unit per posterior sd on the whitened scale.
+                friction = 1.0
+            else:
+                step_size = float(evaluate_schedule(self.step_size, np.arange(1))[0])
+                friction = self.coupled_settings(step_size, {"mass": self._mass_argument})[
+                    "friction"
+                ]
+        self.friction = check_positive_array("friction", friction, self._size)
         self.mass = check_positive_array("mass", self._mass_argument, self._size)
         gradient_noise = self._gradient_noise_argument
         self.estimate_gradient_noise = isinstance(gradient_noise, str)
@@ -293,6 +320,16 @@ class SGHMC(StochasticGradientStep):
             step_size * gradient_variance / 2 - self._gradient_noise_at(step_size)
         ) / (self.temperature * self.friction)
         return NoiseMeasures(ratio, excess, per_coordinate)
+
+    def _adapted_step_size(self, curvature, gradient_variance) -> float:
+        """``h = min(0.3 / √λ, ...)`` with the noise ratio ``h V̄ / (2 T Γ)`` at most
+        ``ρ`` (see :mod:`pymc_sgmcmc.adaptation`)."""
+        discretisation = self.adapted_step_limit / np.sqrt(curvature)
+        if self.temperature == 0:
+            return discretisation
+        return limited_step(
+            discretisation, gradient_variance / (2 * self.temperature * self.friction)
+        )
 
     def _without_tuning_warning(self) -> str | None:
         if not self.estimate_gradient_noise:

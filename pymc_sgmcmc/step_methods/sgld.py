@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pymc_sgmcmc.adaptation import limited_step
 from pymc_sgmcmc.dynamics import (
     RMSpropAuxiliary,
     preconditioned_sgld_update,
@@ -132,7 +133,13 @@ class SGLD(StochasticGradientStep):
 
     name = "sgld"
 
-    def __init__(self, vars=None, *, step_size, preconditioner: RMSprop | None = None, **options):
+    #: ``η λ`` at the discretisation limit of the adapted step size: on ``N(0, 1)`` the
+    #: stationary sd is then ``(1 − η/2)^{-1/2}``, 4% too wide.
+    adapted_step_limit = 0.15
+
+    def __init__(
+        self, vars=None, *, step_size="auto", preconditioner: RMSprop | None = None, **options
+    ):
         if preconditioner is not None and not isinstance(preconditioner, RMSprop):
             raise TypeError(
                 "`preconditioner` must be a pymc_sgmcmc.preconditioners.RMSprop or None, got "
@@ -198,6 +205,18 @@ class SGLD(StochasticGradientStep):
         if options.get("preconditioner") is None:
             return super().default_step_sizes(curvature, options, size)
         return np.sqrt(1.0 / curvature) * np.logspace(-3.0, 0.0, size)
+
+    def _adapted_step_size(self, curvature, gradient_variance) -> float:
+        """``η = min(0.15 / λ, 2 T ρ / V̄)``: the discretisation limit, and the step at
+        which the noise ratio ``η V̄ / 2T`` is ``ρ`` (see :mod:`pymc_sgmcmc.adaptation`).
+
+        With RMSprop ``G ≲ 1`` on the whitened scale (``v ≈ 1 + V``), so the same limit
+        holds with room to spare."""
+        if self.temperature == 0:
+            return self.adapted_step_limit / curvature
+        return limited_step(
+            self.adapted_step_limit / curvature, gradient_variance / (2 * self.temperature)
+        )
 
     def _restart_auxiliary(self, auxiliary):
         # RMSprop's running average is no random state: keep its last finite value.
@@ -278,7 +297,9 @@ class pSGLD(SGLD):
             curvature, {**options, "preconditioner": preconditioner}, size
         )
 
-    def __init__(self, vars=None, *, step_size, preconditioner: RMSprop | None = None, **options):
+    def __init__(
+        self, vars=None, *, step_size="auto", preconditioner: RMSprop | None = None, **options
+    ):
         super().__init__(
             vars,
             step_size=step_size,

@@ -6,7 +6,9 @@ import numpy as np
 import pytensor.tensor as pt
 
 from pymc_sgmcmc._validation import check_non_negative
+from pymc_sgmcmc.adaptation import limited_step
 from pymc_sgmcmc.dynamics import SGNHTAuxiliary, sgnht_update
+from pymc_sgmcmc.schedules import evaluate_schedule
 from pymc_sgmcmc.step_methods.base import StochasticGradientStep
 from pymc_sgmcmc.step_methods.noise_monitor import NoiseMeasures
 
@@ -87,8 +89,8 @@ class SGNHT(StochasticGradientStep):
         self,
         vars=None,
         *,
-        step_size,
-        diffusion: float,
+        step_size="auto",
+        diffusion="auto",
         initial_thermostat: float | None = None,
         **options,
     ):
@@ -96,8 +98,23 @@ class SGNHT(StochasticGradientStep):
         self._initial_thermostat_argument = initial_thermostat
         super().__init__(vars, step_size=step_size, **options)
 
+    #: ``h √λ`` at the discretisation limit of the adapted step size, with ``A = T`` (a
+    #: momentum decay ``hA/T = 0.3`` per step) on the whitened scale.
+    adapted_step_limit = 0.3
+
     def _configure(self) -> None:
-        self.diffusion = check_non_negative("diffusion", self._diffusion_argument)
+        diffusion = self._diffusion_argument
+        if isinstance(diffusion, str):
+            if diffusion != "auto":
+                raise ValueError(f'`diffusion` must be "auto" or non-negative, got {diffusion!r}.')
+            if self._preconditioning:
+                diffusion = self.temperature
+            else:
+                step_size = float(evaluate_schedule(self.step_size, np.arange(1))[0])
+                diffusion = self.coupled_settings(step_size, {"temperature": self.temperature})[
+                    "diffusion"
+                ]
+        self.diffusion = check_non_negative("diffusion", diffusion)
         if self.temperature == 0 and self.diffusion > 0:
             raise ValueError(
                 "temperature=0 (optimisation) injects no noise, so it needs diffusion=0; got "
@@ -110,6 +127,14 @@ class SGNHT(StochasticGradientStep):
             self.initial_thermostat = check_non_negative(
                 "initial_thermostat", self._initial_thermostat_argument
             )
+
+    def _adapted_step_size(self, curvature, gradient_variance) -> float:
+        """``h = min(0.3 / √λ, ...)`` with the noise ratio ``h V̄ / 2A`` at most ``ρ``: the
+        thermostat absorbs more, but only for noise alike in every coordinate."""
+        discretisation = self.adapted_step_limit / np.sqrt(curvature)
+        if self.diffusion == 0:
+            return discretisation
+        return limited_step(discretisation, gradient_variance / (2 * self.diffusion))
 
     def _parameters(self) -> dict[str, np.ndarray]:
         return {

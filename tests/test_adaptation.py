@@ -1,0 +1,318 @@
+"""Zero configuration: samplers built with no arguments adapt a preconditioner, a step size
+and the SG steps per draw while tuning, start near the MAP and use control variates where
+they pay.
+
+The statistical tests run ``pm.sample`` at its default tune and draws on posteriors whose
+mean and sd are known in closed form (a correlated regression with scales six decades
+apart) or from long NUTS runs stored in the repository (a heavy-tailed autoregression
+with constrained parameters, a two-component mixture). Tolerances are ``Z_TOLERANCE``
+Monte Carlo standard errors from batch means, plus the bias the adaptation allows: a noise
+ratio of at most 0.1 per coordinate (sds at most 5% wide) and a discretisation limit that
+widens a unit Gaussian's sd by at most 4%.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+from pathlib import Path
+
+import numpy as np
+import pymc as pm
+import pytest
+
+from helpers import Z_TOLERANCE, batch_means_standard_error, linear_gaussian_posterior, seed_for
+
+import pymc_sgmcmc as sgmc
+
+from pymc_sgmcmc.adaptation import (
+    NOISE_RATIO_TARGET,
+    Preconditioner,
+    curvature_at,
+    limited_step,
+    tuning_windows,
+)
+
+SAMPLERS = [sgmc.SGLD, sgmc.SGHMC, sgmc.SGNHT, sgmc.pSGLD]
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "zero_configuration"
+
+#: The sd may be this much too wide: 5% from the noise ratio, 4% from discretisation.
+SD_BIAS = 0.10
+#: And the mean this many sds off, beyond the Monte Carlo error (non-Gaussian posteriors
+#: give a discretised chain an O(step) bias in the mean as well).
+MEAN_BIAS = 0.1
+
+
+def assert_close(draws, mean, sd, *, label: str, mean_bias: float = 0.0) -> None:
+    """Every coordinate's mean and sd of ``draws`` (chains, draws, d) against the target."""
+    draws = np.asarray(draws, dtype=float)
+    for j in range(draws.shape[-1]):
+        x = draws[..., j]
+        error = (x.mean() - mean[j]) / sd[j]
+        mean_se = batch_means_standard_error(x) / sd[j]
+        assert abs(error) < Z_TOLERANCE * mean_se + mean_bias, (
+            f"{label} coordinate {j}: mean off by {error:.3f} sd ({error / mean_se:.1f} "
+            "standard errors)"
+        )
+        ratio = x.std() / sd[j]
+        # The sd's standard error from that of the variance, by the delta method.
+        ratio_se = batch_means_standard_error((x - x.mean()) ** 2) / (2 * sd[j] ** 2)
+        low, high = 1 - Z_TOLERANCE * ratio_se, 1 + SD_BIAS + Z_TOLERANCE * ratio_se
+        assert low < ratio < high, f"{label} coordinate {j}: sd ratio {ratio:.3f}"
+
+
+# ---- the parts ------------------------------------------------------------------------
+def test_tuning_windows_follow_stan_layout():
+    assert tuning_windows(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]
+    assert tuning_windows(500) == [(75, 100), (100, 150), (150, 250), (250, 450)]
+    # Under 150 tuning draws: 15% initial buffer, 10% final buffer.
+    assert tuning_windows(100) == [(15, 90)]
+    assert tuning_windows(10) == []
+
+
+def test_curvature_by_central_differences_is_exact_on_a_quadratic():
+    rng = np.random.default_rng(0)
+    root = rng.normal(size=(4, 4))
+    hessian = root @ root.T + np.diag([1e-2, 1.0, 1e2, 1e4])
+    centre = rng.normal(size=4)
+
+    def gradient(x):
+        return -hessian @ (x - centre)
+
+    np.testing.assert_allclose(curvature_at(centre + 3.0, gradient), hessian, rtol=1e-6)
+
+
+def test_preconditioner_whitens_its_curvature():
+    rng = np.random.default_rng(1)
+    root = rng.normal(size=(3, 3))
+    hessian = root @ root.T + np.eye(3)
+    dense = Preconditioner.from_curvature(hessian, 3, dense=True)
+    np.testing.assert_allclose(dense.covariance, np.linalg.inv(hessian))
+    np.testing.assert_allclose(dense.factor @ dense.factor.T, dense.covariance)
+    np.testing.assert_allclose(dense.mass, hessian, rtol=1e-10)
+    assert dense.whitened_curvature(hessian) == pytest.approx(1.0)
+    diagonal = Preconditioner.from_curvature(hessian, 3, dense=False)
+    np.testing.assert_allclose(diagonal.covariance, np.diag(np.linalg.inv(hessian)))
+    # Whitening by the diagonal leaves the correlations: the curvature stays above 1.
+    assert diagonal.whitened_curvature(hessian) > 1.0
+
+
+def test_preconditioner_from_a_saddle_keeps_the_known_scales():
+    hessian = np.diag([4.0, -1.0, 100.0])
+    covariance = Preconditioner.from_curvature(hessian, 3, dense=True).covariance
+    # The direction of negative curvature gets the median positive curvature's scale.
+    np.testing.assert_allclose(np.diag(covariance), [0.25, 1 / 52.0, 0.01])
+    assert Preconditioner.from_curvature(-np.eye(2), 2, dense=True).covariance.tolist() == (
+        np.eye(2).tolist()
+    )
+
+
+def test_window_estimate_is_shrunk_towards_the_previous_one():
+    previous = Preconditioner(np.eye(2))
+    estimate = np.array([[4.0, 0.0], [0.0, 4.0]])
+    updated = previous.updated(estimate, count=10.0)
+    np.testing.assert_allclose(updated.covariance, np.eye(2) * 2.5)
+    # A window that did not move tells nothing.
+    np.testing.assert_allclose(previous.updated(estimate, count=0.0).covariance, np.eye(2))
+    # An estimate that is not positive definite is refused.
+    singular = np.array([[1.0, 2.0], [2.0, 1.0]]) * 10
+    assert previous.updated(singular, count=1e6) is previous
+
+
+def test_step_limited_by_the_noisiest_coordinate():
+    assert limited_step(0.15, np.zeros(3)) == 0.15
+    rate = np.array([0.1, 10.0, 1.0])
+    assert limited_step(0.15, rate) == pytest.approx(NOISE_RATIO_TARGET / 10.0)
+    assert limited_step(0.001, rate) == 0.001
+
+
+# ---- end to end: closed form ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def correlated_regression():
+    """Known noise sd: the posterior of the weights is Gaussian in closed form.
+
+    Predictors with correlation 0.99 between the first two and scales 1e-2, 1 and 1e3:
+    posterior sds six decades apart, the first two correlated at about -0.99.
+    """
+    rng = np.random.default_rng(seed_for("correlated_regression"))
+    rows, batch = 4000, 100
+    base = rng.normal(size=(rows, 3))
+    design = np.column_stack(
+        [base[:, 0], 0.99 * base[:, 0] + np.sqrt(1 - 0.99**2) * base[:, 1], base[:, 2]]
+    ) * np.array([1e-2, 1.0, 1e3])
+    weights = np.array([50.0, -1.0, 2e-3])
+    noise_sd, prior_sd = 1.0, 100.0
+    outcome = design @ weights + noise_sd * rng.normal(size=rows)
+    mean, covariance, _ = linear_gaussian_posterior(design, outcome, noise_sd, prior_sd)
+    with pm.Model() as model:
+        design_batch, outcome_batch = pm.Minibatch(design, outcome, batch_size=batch)
+        w = pm.Normal("w", 0.0, prior_sd, shape=3)
+        pm.Normal("y", design_batch @ w, noise_sd, observed=outcome_batch, total_size=rows)
+    return model, mean, np.sqrt(np.diag(covariance))
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS, ids=lambda cls: cls.__name__)
+def test_no_arguments_on_a_correlated_badly_scaled_regression(correlated_regression, sampler):
+    model, mean, sd = correlated_regression
+    with model:
+        step = sampler()
+        idata = pm.sample(
+            step=step,
+            chains=2,
+            cores=1,
+            random_seed=seed_for(sampler.__name__ + "_zero"),
+            progressbar=False,
+            compute_convergence_checks=False,
+        )
+    assert_close(idata.posterior["w"].values, mean, sd, label=sampler.__name__)
+    # N/B = 40: control variates were turned on, centred at the MAP.
+    assert isinstance(step.control_variate, sgmc.ControlVariate)
+    np.testing.assert_allclose(step.map_result.position, mean, rtol=1e-5)
+    stats = idata.sample_stats
+    assert int(stats["diverging"].sum()) == 0
+    # The step size is frozen for the sampling phase and recorded.
+    assert np.ptp(stats["step_size"].values, axis=1).max() == 0
+    assert float(np.nanmean(stats["noise_ratio"])) < 3 * NOISE_RATIO_TARGET
+
+
+# ---- end to end: stored NUTS references -----------------------------------------------
+def _benchmark_posterior(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from posteriors import POSTERIORS
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    reference = json.loads((BENCHMARKS / "references" / f"{name}.json").read_text())
+    return POSTERIORS[name], reference
+
+
+@pytest.mark.parametrize(
+    ("name", "sampler"),
+    [("sunspots_autoregression", sgmc.SGLD), ("iris_mixture", sgmc.SGHMC)],
+)
+def test_no_arguments_against_nuts_references(name, sampler):
+    """Heavy tails and constrained parameters (Student-t AR with HalfCauchy scale and Gamma
+    degrees of freedom), and a mixture with ordered means, at pm.sample's defaults."""
+    posterior, reference = _benchmark_posterior(name)
+    with posterior.build():
+        idata = pm.sample(
+            step=sampler(),
+            chains=2,
+            cores=1,
+            random_seed=seed_for(name),
+            progressbar=False,
+            compute_convergence_checks=False,
+        )
+    for variable, summary in reference["variables"].items():
+        draws = idata.posterior[variable].values
+        draws = draws.reshape(*draws.shape[:2], -1)
+        # The reference's own Monte Carlo error is far below ours (ESS >= 400 per chain
+        # of four) and is left out.
+        assert_close(
+            draws,
+            np.asarray(summary["mean"]),
+            np.asarray(summary["sd"]),
+            label=f"{name} {variable}",
+            mean_bias=MEAN_BIAS,
+        )
+
+
+# ---- behaviour -------------------------------------------------------------------------
+def test_divergences_while_tuning_shrink_the_step(correlated_regression, monkeypatch):
+    """A discretisation limit 100 times too large diverges at once; every diverging tuning
+    draw halves the step, and sampling goes on without divergences."""
+    model, mean, sd = correlated_regression
+    monkeypatch.setattr(sgmc.SGLD, "adapted_step_limit", 15.0)
+    with model, warnings.catch_warnings():
+        warnings.simplefilter("ignore", sgmc.SamplerDivergenceWarning)
+        step = sgmc.SGLD()
+        idata = pm.sample(
+            step=step,
+            chains=1,
+            cores=1,
+            random_seed=seed_for("divergence_shrink"),
+            progressbar=False,
+            compute_convergence_checks=False,
+            discard_tuned_samples=False,
+        )
+    diverging = idata.warmup_sample_stats["diverging"].values
+    assert diverging.sum() > 0
+    assert idata.sample_stats["diverging"].values.sum() == 0
+    assert step.adapter.stability <= 0.5 ** diverging.sum()
+    assert_close(idata.posterior["w"].values, mean, sd, label="after divergences")
+
+
+def test_adapted_settings_are_reused_without_adapting(correlated_regression):
+    model, mean, sd = correlated_regression
+    options = dict(cores=1, progressbar=False, compute_convergence_checks=False)
+    with model:
+        first = sgmc.SGHMC()
+        pm.sample(step=first, chains=1, draws=100, random_seed=1, **options)
+        settings = first.adapted_settings()
+        assert set(settings) == {"step_size", "mass", "steps_per_draw"}
+        second = sgmc.SGHMC(**settings)
+        idata = pm.sample(step=second, chains=2, tune=100, random_seed=2, **options)
+    assert not second.adapt_step_size and not second.adapter.adapt_preconditioner
+    assert second.steps_per_draw == settings["steps_per_draw"]
+    np.testing.assert_allclose(second.mass_preconditioner.mass, settings["mass"])
+    np.testing.assert_allclose(idata.sample_stats["step_size"].values, settings["step_size"])
+    # Friction 1 per posterior sd, as under adaptation; control variates again.
+    assert second.friction == 1.0
+    assert isinstance(second.control_variate, sgmc.ControlVariate)
+    assert_close(idata.posterior["w"].values, mean, sd, label="reused")
+
+
+def test_chains_start_near_the_map_and_initvals_win(correlated_regression):
+    model, mean, sd = correlated_regression
+    with model:
+        step = sgmc.SGLD(initial_jitter=0.5)
+    start = model.initial_point()["w"]
+    step.chain_start.given_start = [set()]
+    position = step._begin(start.copy())
+    # Within half a posterior sd of the MAP (the posterior mean here), coordinate-wise.
+    assert np.all(np.abs(position - mean) <= 0.5 * step.adapter.preconditioner.scale + 1e-12)
+    step._start_chain(np.random.default_rng(0))
+    step.chain_start.given_start = [{"w"}]
+    given = np.array([1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(step._begin(given.copy()), given)
+
+
+def test_control_variates_only_where_they_pay():
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=300)
+
+    def build(batch_size):
+        with pm.Model() as model:
+            batch = pm.Minibatch(data, batch_size=batch_size)
+            mu = pm.Normal("mu", 0.0, 10.0)
+            pm.Normal("x", mu, 1.0, observed=batch, total_size=len(data))
+        return model
+
+    with build(30):
+        assert isinstance(sgmc.SGLD().control_variate, sgmc.ControlVariate)
+        # A given step size keeps its old meaning: plain minibatch gradients.
+        assert sgmc.SGLD(step_size=1e-3).control_variate is None
+        assert sgmc.SGLD(control_variate=None).control_variate is None
+    with build(100):
+        # N/B = 3: the noise they remove costs less than their second gradient.
+        assert sgmc.SGLD().control_variate is None
+
+
+def test_explicit_step_size_keeps_the_old_defaults(correlated_regression):
+    model, _, _ = correlated_regression
+    with model:
+        step = sgmc.SGHMC(step_size=1e-3, friction=10.0)
+    assert step.guess is None and step.mass_preconditioner is None
+    assert step.steps_per_draw == 1 and step.control_variate is None
+
+
+def test_dense_only_where_it_is_cheap(correlated_regression, monkeypatch):
+    model, _, _ = correlated_regression
+    with model:
+        assert sgmc.SGLD().mass_preconditioner.dense
+        assert not sgmc.SGLD(mass="diag").mass_preconditioner.dense
+    monkeypatch.setattr("pymc_sgmcmc.step_methods.base.DENSE_LIMIT", 2)
+    with model:
+        assert not sgmc.SGLD().mass_preconditioner.dense
