@@ -121,17 +121,28 @@ def curvature_at(position: np.ndarray, gradient, *, relative_step: float = 1e-5)
 
 
 def _covariance_from_curvature(curvature: np.ndarray) -> np.ndarray | None:
-    """``H⁻¹`` with the eigenvalues of ``H`` that are not clearly positive raised to the
-    median of the positive ones (a saddle or flat direction says nothing of its scale);
-    None if none is positive."""
+    """``H⁻¹``, or None if ``H`` has no positive curvature at all.
+
+    ``H`` is first scaled to unit diagonal (``D H D``), so that posteriors whose scales
+    differ by many decades keep the precision of their narrow and wide directions alike.
+    A coordinate of non-positive curvature gets the median positive curvature; an
+    eigenvalue of the scaled matrix that is not clearly positive (a saddle or a flat
+    direction, which says nothing of its scale) is raised to the median positive one.
+    """
     if not np.all(np.isfinite(curvature)):
         return None
-    values, vectors = np.linalg.eigh(curvature)
-    positive = values[values > 1e-10 * max(values.max(), 0.0)]
-    if positive.size == 0:
+    diagonal = np.diag(curvature).copy()
+    if not np.any(diagonal > 0):
         return None
-    values = np.where(values > 1e-10 * values.max(), values, np.median(positive))
-    return (vectors / values) @ vectors.T
+    diagonal[diagonal <= 0] = np.median(diagonal[diagonal > 0])
+    scale = 1.0 / np.sqrt(diagonal)
+    scaled = scale[:, None] * curvature * scale[None, :]
+    values, vectors = np.linalg.eigh(0.5 * (scaled + scaled.T))
+    clearly_positive = values > 1e-10 * max(values.max(), 0.0)
+    if not np.any(clearly_positive):
+        return None
+    values = np.where(clearly_positive, values, np.median(values[clearly_positive]))
+    return scale[:, None] * ((vectors / values) @ vectors.T) * scale[None, :]
 
 
 @dataclass

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 
 from pathlib import Path
 
@@ -222,11 +221,14 @@ def test_no_arguments_against_nuts_references(name, sampler):
 # ---- behaviour -------------------------------------------------------------------------
 def test_divergences_while_tuning_shrink_the_step(correlated_regression, monkeypatch):
     """A discretisation limit 100 times too large diverges at once; every diverging tuning
-    draw halves the step, and sampling goes on without divergences."""
+    draw halves the step until it is stable (below 2 on the whitened scale), and sampling
+    goes on without divergences nor a warning. Halving finds a stable step, not an
+    accurate one (the patched limit still sets it, and the tuning draws it spoiled widen
+    the preconditioner), so only the mean is checked: a Gaussian target's is unbiased at
+    any stable step."""
     model, mean, sd = correlated_regression
     monkeypatch.setattr(sgmc.SGLD, "adapted_step_limit", 15.0)
-    with model, warnings.catch_warnings():
-        warnings.simplefilter("ignore", sgmc.SamplerDivergenceWarning)
+    with model:
         step = sgmc.SGLD()
         idata = pm.sample(
             step=step,
@@ -240,8 +242,15 @@ def test_divergences_while_tuning_shrink_the_step(correlated_regression, monkeyp
     diverging = idata.warmup_sample_stats["diverging"].values
     assert diverging.sum() > 0
     assert idata.sample_stats["diverging"].values.sum() == 0
-    assert step.adapter.stability <= 0.5 ** diverging.sum()
-    assert_close(idata.posterior["w"].values, mean, sd, label="after divergences")
+    assert step.adapter.stability == 0.5 ** diverging.sum()
+    step_size = float(idata.sample_stats["step_size"].values[0, -1])
+    curvature = step.mass_preconditioner.whitened_curvature(step.guess.curvature)
+    assert step_size * curvature < 2.0
+    draws = idata.posterior["w"].values
+    for j in range(3):
+        x = draws[..., j]
+        error = abs(x.mean() - mean[j]) / batch_means_standard_error(x)
+        assert error < Z_TOLERANCE, f"coordinate {j}: mean off by {error:.1f} standard errors"
 
 
 def test_adapted_settings_are_reused_without_adapting(correlated_regression):

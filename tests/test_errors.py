@@ -121,3 +121,27 @@ def test_samplers_are_never_chosen_by_pymc(model):
     assert sgmc.SGLD.competence(model.value_vars[0], has_grad=True) == (
         pm.step_methods.compound.Competence.COMPATIBLE
     )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"step_size": "fast"}, r'`step_size` must be "auto"'),
+        ({"mass": "full"}, r'`mass` must be "auto", "dense", "diag"'),
+        ({"mass": np.ones(3)}, r"`mass` must be a scalar, a vector of 2"),
+        ({"mass": np.array([[1.0, 2.0], [2.0, 1.0]])}, "symmetric positive definite"),
+        ({"mass": np.array([1.0, -1.0])}, "must be positive"),
+        ({"step_size": 0.01, "steps_per_draw": "auto"}, r'"auto" with step_size="auto"'),
+        ({"steps_per_draw": "many"}, r'"auto" with step_size="auto"'),
+    ],
+)
+def test_adaptation_options_are_checked(model, options, message):
+    with model, pytest.raises(ValueError, match=message):
+        sgmc.SGLD(**options)
+
+
+def test_friction_and_diffusion_accept_only_auto_as_text(model):
+    with model, pytest.raises(ValueError, match=r'`friction` must be "auto" or positive'):
+        sgmc.SGHMC(friction="high")
+    with model, pytest.raises(ValueError, match=r'`diffusion` must be "auto" or non-negative'):
+        sgmc.SGNHT(diffusion="high")

@@ -23,10 +23,11 @@ __all__ = ["TuningAdapter"]
 #: Gradient pairs behind the noise estimate where a chain starts.
 START_NOISE_PAIRS = 10
 
-#: Positions of a segment the noise is measured at, two gradient pairs each. With control
-#: variates the noise grows with the distance from the centre, so positions spread over
-#: the segment (tails included) rather than its last one set the step size.
-NOISE_POSITIONS, PAIRS_PER_POSITION = 10, 2
+#: Positions of a segment the noise is measured at, spread over it, with this many
+#: gradient pairs each: the noise varies over the posterior (with control variates it
+#: grows with the distance from their centre), so the step is held for its mean over the
+#: draws of the segment rather than for its value at the last one.
+NOISE_POSITIONS, PAIRS_PER_POSITION = 25, 2
 
 #: What each diverging tuning draw multiplies the step size by.
 DIVERGENCE_SHRINK = 0.5

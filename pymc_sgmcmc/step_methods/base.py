@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytensor.tensor as pt
+import scipy.linalg
 
 from pymc.blocking import DictToArrayBijection, RaveledVars
 from pymc.model import modelcontext
@@ -72,6 +73,10 @@ AUTO_INITIAL_STEP_SIZE = 0.1
 #: a third of the discretisation limit, so control variates, at twice the gradient cost
 #: per step, pay from there on.
 CONTROL_VARIATE_MIN_RATIO = 4.0
+
+#: The largest share of the SG steps' cost the automatic control variate spends on moving
+#: its centre (one full pass over the data each time).
+REFRESH_COST = 0.25
 
 
 def check_covers_model(name: str, model, value_vars) -> None:
@@ -191,6 +196,7 @@ class StochasticGradientStep(BlockedStep):
             on_divergence,
             advice=self._divergence_advice,
             restart_note=self._restart_note,
+            adapting=isinstance(step_size, str),
         )
         model = modelcontext(model)
         value_vars = (
@@ -355,7 +361,13 @@ class StochasticGradientStep(BlockedStep):
         ):
             return None
         ratio = min(stream.data_size / stream.batch_size for stream in self._target.streams)
-        return ControlVariate() if ratio >= CONTROL_VARIATE_MIN_RATIO else None
+        if ratio < CONTROL_VARIATE_MIN_RATIO:
+            return None
+        # Their noise grows with the distance from the centre, which heats the chain in
+        # the tails: move the centre to the chain every few draws, as long as the full
+        # pass that costs (N/B minibatch gradients) adds at most a quarter to the steps.
+        refresh = int(np.ceil(ratio / (REFRESH_COST * AUTO_MIN_STEPS)))
+        return ControlVariate(refresh_interval=refresh)
 
     def _gradient_estimator(self, make_estimator, start: np.ndarray):
         """The user's estimator, plain minibatch gradients, or control variates (their
@@ -405,6 +417,15 @@ class StochasticGradientStep(BlockedStep):
             pt.zeros_like(position), auxiliary, whitened_gradient, step_size, noise, parameters
         )
         return position + (factor @ increment if dense else factor * increment), auxiliary
+
+    def _whitened_distance(self, displacement: np.ndarray) -> float:
+        """``‖L⁻¹ Δθ‖``: a move in posterior sds."""
+        factor = self._factor
+        if factor.ndim == 2:
+            whitened = scipy.linalg.solve_triangular(factor, displacement, lower=True)
+        else:
+            whitened = displacement / factor
+        return float(np.linalg.norm(whitened))
 
     def _whiten(self, vector: np.ndarray) -> np.ndarray:
         """``Lᵀ v`` with the chain's current preconditioner."""
@@ -695,6 +716,10 @@ class StochasticGradientStep(BlockedStep):
         diverged = self.divergence_monitor.non_finite(
             {"position": new_position, "gradient": new_gradient, **new_auxiliary._asdict()}, logp
         )
+        if not diverged and self._preconditioning:
+            diverged = self.divergence_monitor.too_far(
+                self._whitened_distance(new_position - position)
+            )
         if diverged:
             self.divergence_monitor.record(
                 diverged,
@@ -809,6 +834,19 @@ class StochasticGradientStep(BlockedStep):
         self._end_tuning(self._last_position)
 
     def _end_tuning(self, position: np.ndarray) -> None:
+        if self.adapt_steps_per_draw and self.steps_per_draw >= AUTO_MAX_STEPS:
+            chain = "" if self._chain is None else f" chain {self._chain}"
+            warn(
+                f"{type(self).__name__}{chain}: the adapted step size "
+                f"{self._next_step_size():.3g} (on the whitened scale) is so small that "
+                f"{AUTO_MAX_STEPS} SG steps per draw, the most steps_per_draw='auto' takes, "
+                "cover less than the posterior's relaxation time: successive draws are "
+                "strongly correlated and the run may not have explored the posterior (check "
+                "az.ess and az.rhat). Where the noise_ratio stat is near 0.1 the minibatch noise "
+                "sets the step: raise the batch_size of pm.Minibatch; otherwise the "
+                "curvature does: reparametrise a posterior with a strongly curved ridge "
+                "(e.g. a hierarchical model in its centred form)."
+            )
         self._end_of_tuning(position)
         self.noise_monitor.restart()
         if self.noise_estimate_interval is not None:

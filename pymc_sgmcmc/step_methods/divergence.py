@@ -24,6 +24,14 @@ class SamplerDivergenceError(SamplingError):
     """A chain diverged with ``on_divergence="raise"``; the chain was stopped."""
 
 
+#: A draw that moves farther than this, in posterior sds on a preconditioner's whitened
+#: scale, diverged though its values are still finite (as NUTS flags an energy error of
+#: 1000): no sampler here moves a chain that far in one draw on a posterior with tails
+#: lighter than a Cauchy's.
+FAR_DISTANCE = 1000.0
+FAR_PREFIX = "the position moved"
+
+
 @dataclass_state
 class DivergenceState(DataClassState):
     count: int
@@ -46,7 +54,16 @@ class DivergenceMonitor(WithSamplingState):
 
     _state_class = DivergenceState
 
-    def __init__(self, sampler: str, on_divergence: str, *, advice: str, restart_note: str):
+    def __init__(
+        self,
+        sampler: str,
+        on_divergence: str,
+        *,
+        advice: str,
+        restart_note: str,
+        adapting: bool = False,
+    ):
+        self.adapting = adapting
         if on_divergence not in ON_DIVERGENCE:
             raise ValueError(
                 f'`on_divergence` must be "warn" (mark the draw diverging and go on from '
@@ -61,6 +78,14 @@ class DivergenceMonitor(WithSamplingState):
     def start_chain(self) -> None:
         self.count = 0
         self.tuning_count = 0
+
+    @staticmethod
+    def too_far(distance: float) -> list[str]:
+        """A draw that moved more than ``FAR_DISTANCE`` posterior sds (on the whitened
+        scale of a preconditioner): an instability that has not overflowed yet."""
+        if distance <= FAR_DISTANCE:
+            return []
+        return [f"{FAR_PREFIX} {distance:.3g} posterior sds in one draw"]
 
     @staticmethod
     def non_finite(state: dict[str, np.ndarray], logp) -> list[str]:
@@ -95,16 +120,20 @@ class DivergenceMonitor(WithSamplingState):
         phase = "tuning " if tune else ""
         first, last = sg_steps
         steps = f"SG step {first}" if first == last else f"SG steps {first}-{last}"
+        far = [item for item in bad if item.startswith(FAR_PREFIX)]
+        non_finite = [item for item in bad if item not in far]
+        what = ([f"the {' and '.join(non_finite)} became non-finite"] if non_finite else []) + far
         raise SamplerDivergenceError(
-            f"{self.sampler} diverged{chain_name} at {phase}draw {draw}: the "
-            f"{' and '.join(bad)} became non-finite within {steps} at "
+            f"{self.sampler} diverged{chain_name} at {phase}draw {draw}: "
+            f"{' and '.join(what)} within {steps} at "
             f"step_size={step_size:.4g}. {self.advice}. The chain was stopped "
             '(on_divergence="raise") before any non-finite value reached the trace.'
         )
 
     def warn_summary(self, step_size: float, *, chain: int | None, total_draws: int | None):
-        """One warning for the chain's divergences, if it had any."""
-        if self.count == 0:
+        """One warning for the chain's divergences, if it had any (with an adapted step
+        size, those while tuning only are the adaptation at work, as for NUTS)."""
+        if self.count == 0 or (self.adapting and self.count == self.tuning_count):
             return
         chain_name = "" if chain is None else f" chain {chain}"
         total = "" if total_draws is None else f" of {total_draws}"

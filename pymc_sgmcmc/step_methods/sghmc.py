@@ -54,16 +54,23 @@ class SGHMC(StochasticGradientStep):
     ----------
     vars : list of variables, optional
         Must be all free variables of the model (the default), all continuous.
-    step_size : float or callable
-        ``h``: a positive number, a schedule from :mod:`pymc_sgmcmc.schedules`, or any
-        callable of the SG step count ``k``.
-    friction : float or array
+    step_size : "auto", float or callable, default "auto"
+        ``h``: ``"auto"`` adapts it while tuning with ``mass`` and ``steps_per_draw``
+        (on the whitened scale the smaller of ``0.3 / √λ`` and the step at which the
+        noise ratio is 0.1 in every coordinate; see :doc:`/zero_configuration`).
+        Otherwise a positive number, a schedule from :mod:`pymc_sgmcmc.schedules`, or
+        any callable of the SG step count ``k``.
+    friction : "auto", float or array, default "auto"
         ``Γ > 0``, a scalar or one value per raveled parameter. It sets the momentum
         decay ``α = hΓ/M`` per step: ``α`` around 0.01-0.1 mixes well; ``hΓ/M ≥ 2`` makes
         the momentum overshoot and the chain unstable, so scale ``Γ`` like ``1/h``
-        when you change the step size.
-    mass : float or array, default 1.0
-        ``M > 0``, a scalar or one value per raveled parameter.
+        when you change the step size. ``"auto"`` is 1 per whitened unit with a
+        preconditioning ``mass`` (adapted or given), and ``0.1 M / h`` otherwise.
+    mass : "auto", "dense", "diag", float, array or None, default "auto"
+        As for :class:`~pymc_sgmcmc.SGLD`: the mass matrix ``M = Σ⁻¹``, adapted
+        (``"dense"``, ``"diag"``, and ``"auto"`` with ``step_size="auto"``) or given.
+        With a given ``step_size`` and ``friction``, a number or vector is SGHMC's own
+        diagonal mass as before (``"auto"`` then means 1).
     gradient_noise : float, array or "estimate", default 0.0
         ``B̂ ≥ 0``: 0 (small steps), a given value, or ``"estimate"``: the minibatch
         gradient variance ``V̂ = ½ E[(g₁ − g₂)²]`` is estimated from two independent
@@ -75,7 +82,7 @@ class SGHMC(StochasticGradientStep):
     temperature : float, default 1.0
         ``T ≥ 0``; ``T = 0`` needs ``gradient_noise=0``.
     steps_per_draw, initial_jitter, noise_estimate_interval, control_variate, gradient_estimator, on_divergence, model, rng, compile_kwargs
-        As for :class:`~pymc_sgmcmc.SGLD`.
+        As for :class:`~pymc_sgmcmc.SGLD` (``steps_per_draw="auto"``: ``K h ≈ 1``).
 
     Notes
     -----

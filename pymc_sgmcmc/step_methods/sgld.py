@@ -41,18 +41,35 @@ class SGLD(StochasticGradientStep):
     ----------
     vars : list of variables, optional
         Must be all free variables of the model (the default), all continuous.
-    step_size : float or callable
-        ``η``: a positive number, a schedule from :mod:`pymc_sgmcmc.schedules`, or any
-        callable of the SG step count ``k`` (0 at each chain's start).
+    step_size : "auto", float or callable, default "auto"
+        ``η``: ``"auto"`` adapts it while tuning, together with ``mass`` and
+        ``steps_per_draw`` (see :doc:`/zero_configuration`: on the whitened scale, the
+        smaller of ``0.15 / λ`` and the step at which the noise ratio is 0.1 in every
+        coordinate, halved after each diverging tuning draw, frozen for sampling).
+        Otherwise a positive number, a schedule from :mod:`pymc_sgmcmc.schedules`, or any
+        callable of the SG step count ``k`` (0 at each chain's start), and nothing else is
+        adapted unless asked for.
+    mass : "auto", "dense", "diag", array or None, default "auto"
+        The preconditioner ``M = Σ⁻¹``: each step becomes ``θ + η Σ g + sqrt(2ηT) L ξ``
+        with ``Σ = L Lᵀ`` (the rule runs on the whitened scale ``z = L⁻¹ θ``). ``"dense"``
+        or ``"diag"`` adapt ``Σ`` while tuning, from the inverse curvature at the MAP and
+        then in windows of the tuning draws; ``"auto"`` is ``"dense"`` up to 200 raveled
+        parameters and ``"diag"`` beyond with ``step_size="auto"``, and no preconditioner
+        with a given step size; a vector or a positive definite matrix fixes ``M``
+        (e.g. ``adapted_settings()["mass"]`` of an earlier run); None is none.
     temperature : float, default 1.0
         ``T ≥ 0``.
-    steps_per_draw : int, default 1
+    steps_per_draw : int or "auto", optional
         SG steps per ``pm.sample`` draw, each on a fresh minibatch; the last is recorded.
-        They run inside one compiled call.
+        They run inside one compiled call. The default is ``"auto"`` with
+        ``step_size="auto"`` (enough steps per draw to cover one unit of the dynamics'
+        time, ``K η ≈ 1``, between 10 and 1024) and 1 otherwise.
     initial_jitter : float, default 1.0
         Each chain starts from the model's initial point plus ``U(−j, j)`` noise on the
-        unconstrained space, except for the variables whose start ``pm.sample`` was given
-        in ``initvals``, which start exactly there. 0 disables it.
+        unconstrained space (with ``step_size="auto"`` or a ``mass``: from the MAP plus
+        ``sd · U(−j, j)``, the sds of the inverse curvature there), except for the
+        variables whose start ``pm.sample`` was given in ``initvals``, which start
+        exactly there. 0 disables it.
     noise_estimate_interval : int or None, default 20
         Draws between estimates of the minibatch gradient variance ``V`` behind the
         ``noise_ratio`` stat; 0 or None turns them off (``noise_ratio`` is then nan).
@@ -63,9 +80,12 @@ class SGLD(StochasticGradientStep):
     preconditioner : RMSprop, optional
         A diagonal preconditioner ``G``: each step becomes ``θ + η G g + sqrt(2ηTG) ξ``
         (see :class:`pSGLD`). None (the default) is plain SGLD.
-    control_variate : ControlVariate, True, "map", dict or array, optional
+    control_variate : "auto", ControlVariate, True, "map", dict, array or None, default "auto"
         Use control-variate gradients (Baker et al. 2019) instead of plain minibatch
-        gradients: ``True`` or ``"map"`` centres them at the full-data MAP (found when the
+        gradients: ``"auto"`` turns them on, centred at the MAP, with ``step_size="auto"``
+        (or a given ``mass``) where the model is fed through ``pm.Minibatch`` with
+        ``N/B ≥ 4`` and the MAP search converged, and leaves them off otherwise;
+        ``True`` or ``"map"`` centres them at the full-data MAP (found when the
         step is built), a point centres them there, and a
         :class:`~pymc_sgmcmc.gradients.ControlVariate` sets every option (e.g. refreshing
         the centre). Each SG step then costs two minibatch gradients, and the gradient's
@@ -269,8 +289,10 @@ class pSGLD(SGLD):
 
     Parameters
     ----------
-    step_size : float or callable
-        ``η``, as for :class:`~pymc_sgmcmc.SGLD`.
+    step_size : "auto", float or callable, default "auto"
+        ``η``, as for :class:`~pymc_sgmcmc.SGLD`. With ``"auto"`` RMSprop runs on the
+        whitened scale of the adapted ``mass``, where ``G ≲ 1``, and the step is adapted
+        as SGLD's.
     preconditioner : RMSprop, optional
         Defaults to ``RMSprop()`` (``decay=0.99``, ``epsilon=1e-5``, ``adapt="tuning"``).
     **options
