@@ -101,7 +101,7 @@ class ChainStart:
 
         With a ``centre`` (the MAP, under adaptation) the coordinates the user did not
         give start there instead, jittered by ``scale`` (posterior sds) times
-        ``U(−j, j)``.
+        ``U(−j, j)``, the spread halved at each retry.
         """
         target = self.estimator.target
         target.check_data()
@@ -118,6 +118,10 @@ class ChainStart:
         spread = 1.0 if scale is None else scale
         for _ in range(JITTER_ATTEMPTS):
             jitter = spread * rng.uniform(-self.initial_jitter, self.initial_jitter, position.shape)
+            if scale is not None:
+                # Around the MAP a failed start is too far out along some wide direction
+                # (a prior-only scale): each retry halves the spread, ending near the MAP.
+                spread = 0.5 * spread
             jittered = position + np.where(free, jitter, 0.0).astype(target.dtype)
             bad = target.non_finite_terms(jittered)
             if not bad:
