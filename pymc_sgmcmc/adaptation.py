@@ -193,7 +193,7 @@ class Preconditioner:
 
     @property
     def scale(self) -> np.ndarray:
-        """Marginal sds ``√diag Σ``, the ``preconditioner_scale`` stat."""
+        """Marginal sds ``√diag Σ`` (what a chain's start is jittered by)."""
         return np.sqrt(np.diag(self.covariance) if self.dense else self.covariance)
 
     def whiten(self, vector: np.ndarray) -> np.ndarray:
