@@ -1,6 +1,6 @@
 """The benchmark suite: pymc-sgmcmc against the samplers users would pick instead.
 
-    python benchmarks/run.py [--quick] [--sections throughput scaling accuracy big_n]
+    python benchmarks/run.py [--quick] [--sections throughput defaults scaling accuracy big_n]
 
 Problem: Bayesian logistic regression, 20 features, Normal(0, 1) priors, synthetic data
 from a fixed seed (``tasks.logistic_data``). Every measurement runs in its own process
@@ -133,6 +133,58 @@ def throughput(quick: bool) -> tuple[str, list[dict]]:
             ]
         )
     header = ["N", "batch", "method", "SG steps/s", "× BlackJAX", "pm.sample µs/draw", "peak MB"]
+    return markdown_table(header, rows), records
+
+
+def defaults(quick: bool) -> tuple[str, list[dict]]:
+    """What the quick start gets (no sampler arguments, pm.sample's tune and draws, one
+    chain) against BlackJAX, beside a large explicit steps_per_draw, on N = 1e5, batch 100.
+
+    SG steps per second end to end (tuning included; the step's construction is its own
+    column) and in the sampling phase alone (the adapted settings sampled again, tune=0).
+    """
+    n, batch, steps = 100_000, 100, 60_000
+    draws = 200 if quick else None
+    records = []
+    for sampler in ("SGLD", "SGHMC"):
+        baseline = best_of("blackjax", sampler=sampler, n=n, batch=batch, steps=steps)
+        records.append({"method": f"BlackJAX {sampler}", "kind": sampler, **baseline})
+        for label, mode in (("", None), (", JAX backend", "JAX")):
+            result = best_of(
+                "pymc_sgmcmc_defaults", sampler=sampler, n=n, batch=batch, draws=draws, mode=mode
+            )
+            records.append({"method": f"{sampler}(){label}", "kind": sampler, **result})
+        large = best_of(
+            "pymc_sgmcmc", sampler=sampler, n=n, batch=batch, steps_per_draw=1000, steps=steps
+        )
+        method = f"{sampler}(step_size, steps_per_draw=1000)"
+        records.append({"method": method, "kind": sampler, **large})
+    rows = []
+    for record in records:
+        reference = next(
+            r["steps_per_second"] for r in records if r["method"] == f"BlackJAX {record['kind']}"
+        )
+        sampling = record.get("sampling_steps_per_second")
+        rows.append(
+            [
+                record["method"],
+                f"{record['steps_per_second']:,.0f}",
+                f"{record['steps_per_second'] / reference:.2f}",
+                "" if sampling is None else f"{sampling:,.0f} ({sampling / reference:.2f})",
+                record.get("steps_per_draw", ""),
+                "yes" if record.get("control_variate") else "",
+                f"{record['build_seconds']:.1f}",
+            ]
+        )
+    header = [
+        "method",
+        "SG steps/s end to end",
+        "× BlackJAX",
+        "sampling phase steps/s (× BlackJAX)",
+        "steps_per_draw",
+        "control variates",
+        "build / compile s",
+    ]
     return markdown_table(header, rows), records
 
 
@@ -420,7 +472,13 @@ def accuracy_of(candidate: dict, reference: dict) -> dict:
     }
 
 
-SECTIONS = {"throughput": throughput, "scaling": scaling, "accuracy": accuracy, "big_n": big_n}
+SECTIONS = {
+    "throughput": throughput,
+    "defaults": defaults,
+    "scaling": scaling,
+    "accuracy": accuracy,
+    "big_n": big_n,
+}
 
 
 def machine_description() -> str:
@@ -456,7 +514,8 @@ def main() -> None:
         print(f"\n## {name}\n\n{table}\n", flush=True)
         sections[name] = f"Machine: {machine}\n\n{table}\n"
         (RESULTS / f"{name}{suffix}.json").write_text(json.dumps(records, indent=1))
-        plot(name, records, RESULTS / f"{name}{suffix}.png")
+        if name != "defaults":
+            plot(name, records, RESULTS / f"{name}{suffix}.png")
     report = RESULTS / f"report{suffix}.md"
     report.write_text(merged_report(report, sections))
 

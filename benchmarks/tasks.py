@@ -93,6 +93,61 @@ def pymc_sgmcmc(*, sampler: str, n: int, batch: int, steps_per_draw: int, steps:
     }
 
 
+def pymc_sgmcmc_defaults(
+    *, sampler: str, n: int, batch: int, draws: int | None = None, mode: str | None = None
+):
+    """What a user following the quick start gets: ``SGLD()`` / ``SGHMC()`` and
+    ``pm.sample``'s own tune and draws, one chain.
+
+    SG steps are counted from the ``n_steps`` stat, so tuning's changing
+    ``steps_per_draw`` counts too. ``steps_per_second`` is end to end (tuning included,
+    the step's construction not); ``sampling_steps_per_second`` is the adapted settings
+    (``step.adapted_settings()``) sampled again without tuning.
+    """
+    import pymc as pm
+
+    import pymc_sgmcmc as sgmc
+
+    quiet_pymc()
+    X, y, _ = logistic_data(n)
+    model = logistic_model(X, y, batch)
+    options = {"chains": 1, "cores": 1, "progressbar": False, "compute_convergence_checks": False}
+    # Every SG step counts, tuning's too.
+    options["discard_tuned_samples"] = False
+    if draws is not None:
+        options["draws"] = draws
+    compile_options = {} if mode is None else {"compile_kwargs": {"mode": mode}}
+    start = time.perf_counter()
+    with model:
+        step = getattr(sgmc, sampler)(**compile_options)
+    build = time.perf_counter() - start
+    start = time.perf_counter()
+    trace = pm.sample(step=step, model=model, random_seed=1, **options)
+    seconds = time.perf_counter() - start
+    sg_steps = int(trace.sample_stats["n_steps"].sum()) + int(
+        trace.warmup_sample_stats["n_steps"].sum() if "warmup_sample_stats" in trace else 0
+    )
+    settings = step.adapted_settings()
+    with model:
+        fixed = getattr(sgmc, sampler)(**settings, **compile_options)
+    fixed_draws = max(draws or 1000, 10)
+    rest = {key: value for key, value in options.items() if key != "draws"}
+    # Compiled (JAX: traced) once before the timed run.
+    pm.sample(step=fixed, model=model, random_seed=3, tune=0, draws=5, **rest)
+    start = time.perf_counter()
+    pm.sample(step=fixed, model=model, random_seed=2, tune=0, draws=fixed_draws, **rest)
+    fixed_seconds = time.perf_counter() - start
+    return {
+        "steps_per_second": sg_steps / seconds,
+        "sampling_steps_per_second": fixed_draws * fixed.steps_per_draw / fixed_seconds,
+        "steps_per_draw": step.steps_per_draw,
+        "sg_steps": sg_steps,
+        "sample_seconds": seconds,
+        "build_seconds": build,
+        "control_variate": step.control_variate is not None,
+    }
+
+
 def bare_gradient(*, n: int, batch: int, steps: int):
     """Calls per second of the compiled minibatch gradient alone, fresh rows each call."""
     import pytensor
@@ -327,6 +382,7 @@ def gradient_cost(*, n: int, evaluations: int = 20):
 
 
 TASKS = {
+    "pymc_sgmcmc_defaults": pymc_sgmcmc_defaults,
     "pymc_sgmcmc": pymc_sgmcmc,
     "bare_gradient": bare_gradient,
     "numpy_sgld": numpy_sgld,

@@ -11,12 +11,14 @@ import arviz
 import numpy as np
 import pymc
 import pymc.pytensorf
+import pytensor
 
 __all__ = [
     "DIVERGING_DTYPE",
     "PYMC_MAJOR",
     "ChainContext",
     "compile_function",
+    "runs_on_jax",
     "sampling_chain_context",
     "sample_arguments",
 ]
@@ -36,8 +38,43 @@ _pymc_compile = getattr(pymc.pytensorf, "compile", None) or pymc.pytensorf.compi
 
 
 def compile_function(inputs, outputs, **kwargs):
-    """Compile a graph of the package the way PyMC compiles log densities."""
-    return _pymc_compile(inputs, outputs, **kwargs)
+    """Compile a graph of the package the way PyMC compiles log densities.
+
+    Under PyTensor's JAX backend (``mode="JAX"``) the function returns JAX arrays; PyMC's
+    points, traces and its own compiled functions take NumPy arrays, so the outputs are
+    brought to the host as writable NumPy arrays, once per call.
+    """
+    function = _pymc_compile(inputs, outputs, **kwargs)
+    if type(function.maker.linker).__name__ == "JAXLinker":
+        return HostOutputs(function)
+    return function
+
+
+def runs_on_jax(compile_kwargs: dict) -> bool:
+    """Whether functions compiled with ``compile_kwargs`` run on PyTensor's JAX backend
+    (``mode="JAX"``, or a mode with its linker, or PyTensor's default mode)."""
+    mode = pytensor.compile.mode.get_mode(compile_kwargs.get("mode"))
+    return type(mode.linker).__name__ == "JAXLinker"
+
+
+class HostOutputs:
+    """A compiled function whose outputs come back as NumPy arrays (see
+    :func:`compile_function`); every other attribute is the function's."""
+
+    def __init__(self, function):
+        self.function = function
+
+    def __call__(self, *args, **kwargs):
+        outputs = self.function(*args, **kwargs)
+        if isinstance(outputs, list | tuple):
+            return [np.array(output) for output in outputs]
+        return np.array(outputs)
+
+    def __getattr__(self, name):
+        if name == "function":
+            # Not set yet: an instance being unpickled.
+            raise AttributeError(name)
+        return getattr(self.function, name)
 
 
 class ChainContext(NamedTuple):

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytensor.tensor as pt
 
+from pytensor.tensor.random.type import RandomType
+
 from pymc_sgmcmc._compat import compile_function
 
 __all__ = ["NamedFunction", "NamedInput"]
@@ -88,6 +90,27 @@ class NamedFunction:
             **compile_kwargs,
         )
         self._fixed_values: list[np.ndarray] | None = None if self.fixed else []
+        updates = compile_kwargs.get("updates") or {}
+        self._generators = [variable for variable in updates if _is_generator(variable)]
+
+    def reseed(self, seed: int) -> None:
+        """Restart the function's own random generators (those it updates) from ``seed``.
+
+        Under the JAX backend each compiled function holds a copy of its generators in
+        JAX's form, which is replaced here.
+        """
+        for position, generator in enumerate(self._generators):
+            value = np.random.default_rng([seed, position])
+            function = getattr(self._function, "function", self._function)
+            for spec, container in zip(function.maker.inputs, function.input_storage, strict=False):
+                if spec.variable is generator:
+                    if isinstance(container.storage[0], dict):
+                        # JAX's form of a generator; importing JAX only where it runs.
+                        from pytensor.link.jax.dispatch import jax_typify
+
+                        container.storage[0] = jax_typify(value)
+                    else:
+                        container.storage[0] = value
 
     def set_fixed(self, values: Mapping[str, np.ndarray]) -> None:
         """Check and keep the fixed inputs: exactly the declared names, of their types."""
@@ -112,6 +135,10 @@ class NamedFunction:
     def function(self):
         """The compiled ``pytensor`` function (inputs: per-call, then fixed)."""
         return self._function
+
+
+def _is_generator(variable) -> bool:
+    return isinstance(variable.type, RandomType)
 
 
 def _check_names(kind: str, expected: list[str], values: Mapping) -> None:

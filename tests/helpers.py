@@ -159,3 +159,29 @@ def assert_restoring_replays_the_next_draw(step, point) -> None:
     for name in point:
         np.testing.assert_array_equal(replayed_point[name], next_point[name])
     assert replayed_stats == next_stats
+
+
+# ---- adapted samplers ------------------------------------------------------------------
+#: The sd may be this much too wide: 5% from the noise ratio, 4% from discretisation.
+SD_BIAS = 0.10
+#: And the mean this many sds off, beyond the Monte Carlo error (non-Gaussian posteriors
+#: give a discretised chain an O(step) bias in the mean as well).
+MEAN_BIAS = 0.1
+
+
+def assert_close(draws, mean, sd, *, label: str, mean_bias: float = 0.0) -> None:
+    """Every coordinate's mean and sd of ``draws`` (chains, draws, d) against the target."""
+    draws = np.asarray(draws, dtype=float)
+    for j in range(draws.shape[-1]):
+        x = draws[..., j]
+        error = (x.mean() - mean[j]) / sd[j]
+        mean_se = batch_means_standard_error(x) / sd[j]
+        assert abs(error) < Z_TOLERANCE * mean_se + mean_bias, (
+            f"{label} coordinate {j}: mean off by {error:.3f} sd ({error / mean_se:.1f} "
+            "standard errors)"
+        )
+        ratio = x.std() / sd[j]
+        # The sd's standard error from that of the variance, by the delta method.
+        ratio_se = batch_means_standard_error((x - x.mean()) ** 2) / (2 * sd[j] ** 2)
+        low, high = 1 - Z_TOLERANCE * ratio_se, 1 + SD_BIAS + Z_TOLERANCE * ratio_se
+        assert low < ratio < high, f"{label} coordinate {j}: sd ratio {ratio:.3f}"

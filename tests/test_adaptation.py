@@ -22,7 +22,14 @@ import numpy as np
 import pymc as pm
 import pytest
 
-from helpers import Z_TOLERANCE, batch_means_standard_error, linear_gaussian_posterior, seed_for
+from helpers import (
+    MEAN_BIAS,
+    Z_TOLERANCE,
+    assert_close,
+    batch_means_standard_error,
+    linear_gaussian_posterior,
+    seed_for,
+)
 
 import pymc_sgmcmc as sgmc
 
@@ -36,30 +43,6 @@ from pymc_sgmcmc.adaptation import (
 
 SAMPLERS = [sgmc.SGLD, sgmc.SGHMC, sgmc.SGNHT, sgmc.pSGLD]
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "zero_configuration"
-
-#: The sd may be this much too wide: 5% from the noise ratio, 4% from discretisation.
-SD_BIAS = 0.10
-#: And the mean this many sds off, beyond the Monte Carlo error (non-Gaussian posteriors
-#: give a discretised chain an O(step) bias in the mean as well).
-MEAN_BIAS = 0.1
-
-
-def assert_close(draws, mean, sd, *, label: str, mean_bias: float = 0.0) -> None:
-    """Every coordinate's mean and sd of ``draws`` (chains, draws, d) against the target."""
-    draws = np.asarray(draws, dtype=float)
-    for j in range(draws.shape[-1]):
-        x = draws[..., j]
-        error = (x.mean() - mean[j]) / sd[j]
-        mean_se = batch_means_standard_error(x) / sd[j]
-        assert abs(error) < Z_TOLERANCE * mean_se + mean_bias, (
-            f"{label} coordinate {j}: mean off by {error:.3f} sd ({error / mean_se:.1f} "
-            "standard errors)"
-        )
-        ratio = x.std() / sd[j]
-        # The sd's standard error from that of the variance, by the delta method.
-        ratio_se = batch_means_standard_error((x - x.mean()) ** 2) / (2 * sd[j] ** 2)
-        low, high = 1 - Z_TOLERANCE * ratio_se, 1 + SD_BIAS + Z_TOLERANCE * ratio_se
-        assert low < ratio < high, f"{label} coordinate {j}: sd ratio {ratio:.3f}"
 
 
 # ---- the parts ------------------------------------------------------------------------
@@ -325,3 +308,25 @@ def test_dense_only_where_it_is_cheap(correlated_regression, monkeypatch):
     monkeypatch.setattr("pymc_sgmcmc.step_methods.base.DENSE_LIMIT", 2)
     with model:
         assert not sgmc.SGLD().mass_preconditioner.dense
+
+
+def test_a_map_search_down_a_funnel_is_no_mode_and_the_chains_start_at_the_initial_point():
+    # Eight schools, centred: the density rises without bound as tau -> 0 with every
+    # theta at mu, so the MAP search runs down the funnel and stops on its slope.
+    effects = np.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+    errors = np.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0.0, 5.0)
+        tau = pm.HalfCauchy("tau", 5.0)
+        theta = pm.Normal("theta", mu, tau, shape=8)
+        pm.Normal("y", theta, errors, observed=effects)
+        with pytest.warns(sgmc.SGMCMCWarning, match="no interior mode"):
+            step = sgmc.SGLD()
+    assert not step.guess.is_mode and step.guess.position is None
+    assert step.control_variate is None
+    start = np.concatenate([np.ravel(value) for value in model.initial_point().values()])
+    step.chain_start.given_start = [set()]
+    position = step._begin(start.copy())
+    # PyMC's own jitter around the initial point, not the search's end in the funnel.
+    assert np.all(np.abs(position - start) <= 1.0)
+    assert np.abs(position - step.guess.map_result.position).max() > 1.0

@@ -20,6 +20,7 @@ minibatch noise compares with the noise it injects.
 from __future__ import annotations
 
 import numbers
+import os
 
 from typing import NamedTuple
 
@@ -34,8 +35,8 @@ from pymc.step_methods.state import DataClassState, dataclass_state
 from pymc.util import get_random_generator, get_value_vars_from_user_vars
 from pytensor.tensor.type import discrete_dtypes
 
-from pymc_sgmcmc._compat import DIVERGING_DTYPE, sampling_chain_context
-from pymc_sgmcmc._named_function import NamedInput
+from pymc_sgmcmc._compat import DIVERGING_DTYPE, runs_on_jax, sampling_chain_context
+from pymc_sgmcmc._named_function import NamedFunction, NamedInput
 from pymc_sgmcmc._validation import check_noise_estimate_interval, check_non_negative
 from pymc_sgmcmc._warnings import warn
 from pymc_sgmcmc.adaptation import DENSE_LIMIT, Preconditioner
@@ -153,6 +154,8 @@ class StochasticGradientStep(BlockedStep):
         "diverging": (DIVERGING_DTYPE, []),
         "noise_ratio": (np.float64, []),
         "tune": (bool, []),
+        # NUTS's name: the number of SG steps (gradient evaluations) behind this draw.
+        "n_steps": (np.int64, []),
     }
     _state_class = StochasticGradientState
     _auxiliary_type: type[NamedTuple] = SGLDAuxiliary
@@ -286,23 +289,21 @@ class StochasticGradientStep(BlockedStep):
             time_per_step=self._time_per_step,
             whitened_variance=self._whitened_variance,
         )
-        self._factor = initial.factor
+        self._set_factor(initial.factor)
         parameters = {
             name: NamedInput.like(name, value, self._dtype)
             for name, value in self._parameters().items()
         }
-        self._kernel = build_kernel(
-            estimator=self.gradient_estimator,
-            transition=(
-                self._preconditioned_transition if self._preconditioning else self._transition
-            ),
-            auxiliary_type=self._auxiliary_type,
-            parameters=parameters,
-            steps=self.steps_per_draw,
-            variable_steps=self.adapt_steps_per_draw,
-            kernel_stats=self._kernel_stats,
-            stat_names=self._kernel_stat_names,
-            compile_kwargs=self._compile_kwargs,
+        self._kernel_parameters = parameters
+        # Under JAX the noise and minibatches are drawn on the device, by kernels of a
+        # fixed length: one per steps_per_draw, compiled when first needed.
+        self._device_random = runs_on_jax(self._compile_kwargs)
+        self._device_kernels: dict[int, NamedFunction] = {}
+        self._process = os.getpid()
+        self._kernel = (
+            None
+            if self._device_random
+            else self._build_kernel(self.steps_per_draw, variable=self.adapt_steps_per_draw)
         )
         self._start_function = build_start_function(
             estimator=self.gradient_estimator,
@@ -310,6 +311,34 @@ class StochasticGradientStep(BlockedStep):
             compile_kwargs=self._compile_kwargs,
         )
         self._start_chain(rng)
+
+    def _build_kernel(self, steps: int, *, variable: bool = False) -> NamedFunction:
+        return build_kernel(
+            estimator=self.gradient_estimator,
+            transition=(
+                self._preconditioned_transition if self._preconditioning else self._transition
+            ),
+            auxiliary_type=self._auxiliary_type,
+            parameters=self._kernel_parameters,
+            steps=steps,
+            variable_steps=variable,
+            kernel_stats=self._kernel_stats,
+            stat_names=self._kernel_stat_names,
+            device_random=self._device_random,
+            compile_kwargs=self._compile_kwargs,
+        )
+
+    def _kernel_for(self, steps: int) -> NamedFunction:
+        """The kernel of ``steps`` SG steps; under JAX compiled at its first use and
+        seeded from the chain's generator."""
+        if not self._device_random:
+            return self._kernel
+        kernel = self._device_kernels.get(steps)
+        if kernel is None:
+            kernel = self._device_kernels[steps] = self._build_kernel(steps)
+            kernel.set_fixed(self._fixed_values)
+            kernel.reseed(int(self._device_seeds.integers(2**63)))
+        return kernel
 
     def _resolve_mass(self, mass) -> tuple[Preconditioner | None, bool]:
         """The first preconditioner (None for none) and whether tuning adapts it."""
@@ -418,14 +447,20 @@ class StochasticGradientStep(BlockedStep):
         )
         return position + (factor @ increment if dense else factor * increment), auxiliary
 
+    def _set_factor(self, factor: np.ndarray) -> None:
+        """The preconditioner's ``L``, and ``L⁻¹`` for the distance of every draw's move."""
+        self._factor = factor
+        self._inverse_factor = (
+            scipy.linalg.solve_triangular(factor, np.eye(len(factor)), lower=True)
+            if factor.ndim == 2
+            else 1.0 / factor
+        )
+
     def _whitened_distance(self, displacement: np.ndarray) -> float:
         """``‖L⁻¹ Δθ‖``: a move in posterior sds."""
-        factor = self._factor
-        if factor.ndim == 2:
-            whitened = scipy.linalg.solve_triangular(factor, displacement, lower=True)
-        else:
-            whitened = displacement / factor
-        return float(np.linalg.norm(whitened))
+        inverse = self._inverse_factor
+        whitened = inverse @ displacement if inverse.ndim == 2 else inverse * displacement
+        return float(np.sqrt(whitened @ whitened))
 
     def _whiten(self, vector: np.ndarray) -> np.ndarray:
         """``Lᵀ v`` with the chain's current preconditioner."""
@@ -449,7 +484,7 @@ class StochasticGradientStep(BlockedStep):
         ``η``; SGHMC's and SGNHT's ``h``)."""
         return step_size
 
-    def _apply_adaptation(self, *, preconditioner_changed: bool) -> None:
+    def _apply_adaptation(self) -> None:
         adapter = self.adapter
         if self.adapt_step_size:
             self.step_size = as_schedule(adapter.step_size)
@@ -458,8 +493,6 @@ class StochasticGradientStep(BlockedStep):
                 self.steps_per_draw = int(
                     np.clip(np.ceil(1.0 / time), AUTO_MIN_STEPS, AUTO_MAX_STEPS)
                 )
-        if preconditioner_changed:
-            self._factor = adapter.preconditioner.factor
         self._refresh_parameters()
 
     def adapted_settings(self) -> dict:
@@ -581,11 +614,16 @@ class StochasticGradientStep(BlockedStep):
     # ---- per-chain state --------------------------------------------------------------
     def _refresh_parameters(self) -> None:
         self._parameters_tune = bool(self.tune)
+        # The adapter's covariance is the chain's state (restored with sampling_state).
+        self._set_factor(self.adapter.preconditioner.factor)
         values = {
             name: np.asarray(value, dtype=self._dtype) for name, value in self._parameters().items()
         }
         values.update(self.gradient_estimator.input_values())
-        self._kernel.set_fixed(values)
+        self._fixed_values = values
+        for kernel in [self._kernel, *self._device_kernels.values()]:
+            if kernel is not None:
+                kernel.set_fixed(values)
         self._start_function.set_fixed(values)
         # The parameters enter the noise ratio: recompute it at the next draw.
         self.noise_monitor.forget_measures()
@@ -611,10 +649,21 @@ class StochasticGradientStep(BlockedStep):
         self._logp = np.nan
         self._grad_norm = np.nan
         self._pending_end_of_tuning = False
+        if self._device_random and os.getpid() != self._process:
+            raise RuntimeError(
+                f"{type(self).__name__} runs on PyTensor's JAX backend, and pm.sample forked "
+                "this worker process from one where JAX had started: JAX deadlocks after a "
+                'fork. Pass mp_ctx="spawn" (or "forkserver") to pm.sample, or cores=1.'
+            )
+        if self._device_random:
+            # The kernels' own generators, from a child of the chain's (as the noise
+            # monitor's): drawn from in the order the kernels are first used.
+            self._device_seeds = np.random.default_rng(self.rng.spawn(1)[0])
+            for kernel in self._device_kernels.values():
+                kernel.reseed(int(self._device_seeds.integers(2**63)))
         self.divergence_monitor.start_chain()
         self.gradient_estimator.start_chain()
         self.adapter.start_chain(self._tune_draws)
-        self._factor = self.adapter.preconditioner.factor
         if self.adapt_step_size:
             self.step_size = as_schedule(AUTO_INITIAL_STEP_SIZE)
         if self.adapt_steps_per_draw:
@@ -624,7 +673,14 @@ class StochasticGradientStep(BlockedStep):
     def __getstate__(self):
         # pm.sample pickles the step for its worker processes: note its arguments first.
         self.chain_start.read_sample_arguments()
-        return self.__dict__.copy()
+        state = self.__dict__.copy()
+        # JAX functions do not survive pickling; a worker compiles its own when needed.
+        state["_device_kernels"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._process = os.getpid()
 
     @property
     def sampling_state(self):
@@ -658,7 +714,7 @@ class StochasticGradientStep(BlockedStep):
         self._set_start_gradient(position)
         if self.adapt_step_size:
             self.adapter.begin(position)
-            self._apply_adaptation(preconditioner_changed=False)
+            self._apply_adaptation()
         if self._pending_end_of_tuning:
             # tune=0: PyMC ended tuning before the chain had a position to measure at.
             self._pending_end_of_tuning = False
@@ -691,20 +747,19 @@ class StochasticGradientStep(BlockedStep):
         step_sizes = evaluate_schedule(
             self.step_size, np.arange(self._sg_step, self._sg_step + steps)
         )
-        noise = self.rng.standard_normal((steps, self._size), dtype=self._dtype)
-        indices = {
-            f"minibatch_indices_{j}": index
-            for j, index in enumerate(self._target.draw_indices(self.rng, steps))
-        }
+        randomness = {}
+        if not self._device_random:
+            randomness["noise"] = self.rng.standard_normal((steps, self._size), dtype=self._dtype)
+            for j, index in enumerate(self._target.draw_indices(self.rng, steps)):
+                randomness[f"minibatch_indices_{j}"] = index
         # A diverging chain overflows inside the kernel; the check below reports it.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            result = self._kernel(
+            result = self._kernel_for(steps)(
                 position=position,
                 gradient=self._current_gradient,
                 **self._auxiliary._asdict(),
                 step_sizes=step_sizes.astype(self._dtype),
-                noise=noise,
-                **indices,
+                **randomness,
             )
         new_position, new_gradient = result["position"], result["gradient"]
         new_auxiliary = self._auxiliary_type(
@@ -745,7 +800,7 @@ class StochasticGradientStep(BlockedStep):
             self._draw, new_position, bool(diverged), steps
         ):
             changed = not diverged and self.adapter.adapt_preconditioner
-            self._apply_adaptation(preconditioner_changed=changed)
+            self._apply_adaptation()
             if changed:
                 # Momentum and thermostat live on the whitened scale, which just moved.
                 self._auxiliary = self._restart_auxiliary(self._auxiliary)
@@ -765,6 +820,7 @@ class StochasticGradientStep(BlockedStep):
             "diverging": DIVERGING_DTYPE(bool(diverged)),
             "noise_ratio": self.noise_monitor.recorded_ratio(step_size, self._noise_state_key()),
             "tune": bool(self.tune),
+            "n_steps": steps,
             **kernel_stats,
         }
         stats.update(self._draw_stats(stats["step_size"]))

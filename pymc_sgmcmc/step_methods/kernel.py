@@ -12,9 +12,12 @@ gradient estimator and the names and types of the sampler's parameters.
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
+import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
@@ -48,6 +51,7 @@ def build_kernel(
     variable_steps: bool = False,
     kernel_stats: Callable | None = None,
     stat_names: tuple[str, ...] = (),
+    device_random: bool = False,
     compile_kwargs: dict,
 ) -> NamedFunction:
     """Compile ``steps`` SG steps of ``transition`` with ``estimator``'s gradients.
@@ -71,16 +75,22 @@ def build_kernel(
         ``kernel_stats(position, auxiliary, parameters)``: symbolic scalar stats of the
         draw's final state, by name; the names must be ``stat_names``.
     stat_names : tuple of str
+    device_random : bool, default False
+        Draw the noise and the minibatch indices inside the function, from its own
+        generator (:meth:`~pymc_sgmcmc._named_function.NamedFunction.reseed`), instead of
+        taking them as inputs: under the JAX backend they are then drawn on the device
+        and nothing but the state crosses to it per draw. ``steps`` is then fixed.
     compile_kwargs : dict
 
     Returns
     -------
     NamedFunction
         Per-call inputs ``position``, ``gradient``, the auxiliary fields, ``step_sizes``
-        (one per step), ``noise`` (steps x d) and ``minibatch_indices_j`` (steps x B per
-        stream); fixed inputs: the parameters, then the estimator's inputs. Outputs: the
-        final ``position``, ``gradient`` and auxiliary fields, ``logp`` and ``grad_norm``
-        there, then the stats as ``stat_<name>``.
+        (one per step), and unless ``device_random``, ``noise`` (steps x d) and
+        ``minibatch_indices_j`` (steps x B per stream); fixed inputs: the parameters,
+        then the estimator's inputs. Outputs: the final ``position``, ``gradient`` and
+        auxiliary fields, ``logp`` and ``grad_norm`` there, then the stats as
+        ``stat_<name>``.
     """
     target = estimator.target
     dtype = target.dtype
@@ -94,14 +104,40 @@ def build_kernel(
         )
     ]
     step_sizes = NamedInput("step_sizes", dtype, 1)
-    noise = NamedInput("noise", dtype, 2)
-    schedule_inputs = [(step_sizes, step_sizes.variable()), (noise, noise.variable())]
-    indices = index_inputs(target, "minibatch_indices", 2)
+    updates = {}
+    if device_random:
+        if variable_steps:
+            raise ValueError("device_random needs a fixed number of steps.")
+        # A static length: JAX slices it ([:-1]) only with static bounds.
+        step_size_vector = pt.tensor(step_sizes.name, dtype=dtype, shape=(steps,))
+        schedule_inputs = [(step_sizes, step_size_vector)]
+        indices = []
+        generator = pytensor.shared(np.random.default_rng(0), name="kernel_generator")
+        next_generator, noise_matrix = pt.random.normal(
+            0.0, 1.0, size=(steps, target.size), dtype=dtype, rng=generator
+        ).owner.outputs
+        index_matrices = []
+        for stream in target.streams:
+            next_generator, index = pt.random.integers(
+                0,
+                stream.data_size,
+                size=(steps, stream.batch_size),
+                dtype=stream.index.dtype,
+                rng=next_generator,
+            ).owner.outputs
+            index_matrices.append(index)
+        updates[generator] = next_generator
+    else:
+        noise = NamedInput("noise", dtype, 2)
+        schedule_inputs = [(step_sizes, step_sizes.variable()), (noise, noise.variable())]
+        indices = index_inputs(target, "minibatch_indices", 2)
+        step_size_vector, noise_matrix = (variable for _, variable in schedule_inputs)
+        index_matrices = [variable for _, variable in indices]
     fixed = [(spec, spec.variable()) for spec in (*parameters.values(), *estimator.inputs)]
     symbols = {spec.name: variable for spec, variable in fixed}
     parameter_names = list(parameters)
     estimator_names = [spec.name for spec in estimator.inputs]
-    n_streams, n_state = len(indices), len(state_inputs)
+    n_streams, n_state = len(target.streams), len(state_inputs)
 
     def advance(step_size, noise_k, *rest):
         index_k = rest[:n_streams]
@@ -119,8 +155,6 @@ def build_kernel(
         new_gradient = estimator.gradient(new_position, index_k, estimator_inputs)
         return [new_position, new_gradient, *new_auxiliary]
 
-    step_size_vector, noise_matrix = (variable for _, variable in schedule_inputs)
-    index_matrices = [variable for _, variable in indices]
     state = [variable for _, variable in state_inputs]
     if steps > 1:
         sequences = pytensor.scan(
@@ -163,22 +197,34 @@ def build_kernel(
     )
     if tuple(stats) != tuple(stat_names):
         raise ValueError(f"The kernel's stats {tuple(stats)} are not the declared {stat_names}.")
-    return NamedFunction(
-        [*state_inputs, *schedule_inputs, *indices],
-        fixed,
-        [
-            final_position,
-            final_gradient,
-            *final_auxiliary,
-            logp,
-            pt.linalg.norm(final_gradient),
-            *stats.values(),
-        ],
-        # Stats may share a name with the state (SGNHT's thermostat).
-        ["position", "gradient", *fields, "logp", "grad_norm", *(f"stat_{n}" for n in stat_names)],
-        trust_input=True,
-        **compile_kwargs,
-    )
+    with warnings.catch_warnings():
+        # The JAX backend copies the generator into its own form: NamedFunction.reseed
+        # sets that copy.
+        warnings.filterwarnings("ignore", message="The RandomType SharedVariables")
+        return NamedFunction(
+            [*state_inputs, *schedule_inputs, *indices],
+            fixed,
+            [
+                final_position,
+                final_gradient,
+                *final_auxiliary,
+                logp,
+                pt.linalg.norm(final_gradient),
+                *stats.values(),
+            ],
+            # Stats may share a name with the state (SGNHT's thermostat).
+            [
+                "position",
+                "gradient",
+                *fields,
+                "logp",
+                "grad_norm",
+                *(f"stat_{n}" for n in stat_names),
+            ],
+            trust_input=True,
+            **({"updates": updates} if updates else {}),
+            **compile_kwargs,
+        )
 
 
 def build_start_function(

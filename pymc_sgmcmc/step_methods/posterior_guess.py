@@ -16,10 +16,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from pymc_sgmcmc._warnings import warn
-from pymc_sgmcmc.adaptation import curvature_at
+from pymc_sgmcmc.adaptation import Preconditioner, curvature_at
 from pymc_sgmcmc.gradients.full_data import FullDataLogPosterior, MaximumAPosteriori
 
 __all__ = ["PosteriorGuess"]
+
+#: A converged MAP search counts as a mode where both its gradient, in the posterior sds
+#: of the curvature there (``‖Lᵀ g‖``, a Newton step on the whitened scale), and its
+#: slope along any direction of no positive curvature (nats per unit of the unconstrained
+#: scale) are at most this. A search that runs down a funnel (a centred hierarchical
+#: model, its group scale towards 0) stops on a slope that never levels off.
+MODE_TOLERANCE = 1.0
 
 
 @dataclass
@@ -33,13 +40,18 @@ class PosteriorGuess:
     map_result : MaximumAPosteriori or None
         None where the search ended outside the support.
     curvature : numpy.ndarray or None
-        ``H`` by central differences of full-data gradients at the MAP (``2d`` passes);
-        None without a MAP, or where it is not finite.
+        ``H`` by central differences of full-data gradients at the MAP (``2d`` passes),
+        or at the start where the MAP is no mode; None without a MAP, or where it is not
+        finite.
+    is_mode : bool
+        False where the search converged on a slope that does not level off (see
+        ``MODE_TOLERANCE``): chains then start around the model's initial point.
     """
 
     full_data: FullDataLogPosterior
     map_result: MaximumAPosteriori | None
     curvature: np.ndarray | None
+    is_mode: bool = True
 
     @classmethod
     def find(cls, target, start: np.ndarray, compile_kwargs: dict) -> PosteriorGuess:
@@ -51,26 +63,79 @@ class PosteriorGuess:
                 map_result = full_data.find_map(start)
         except RuntimeError:
             map_result = None
-        if map_result is None or not map_result.converged:
-            reason = "ended outside the support" if map_result is None else map_result.message
+        if map_result is None:
             warn(
-                f"The MAP search behind the adaptation did not converge ({reason}). Chains "
-                "start from its last point, the first preconditioner is a guess and "
-                'control_variate="auto" stays off; the tuning windows adapt from the draws. '
-                "Give initvals, or a longer tune, if the chains do not settle."
+                "The MAP search behind the adaptation ended outside the support. Chains "
+                "start around the model's initial point, the first preconditioner is a "
+                'guess and control_variate="auto" stays off; the tuning windows adapt from '
+                "the draws. Give initvals, or a longer tune, if the chains do not settle."
             )
-        curvature = None
-        if map_result is not None:
-            curvature = curvature_at(map_result.position, full_data.gradient)
-            if not np.all(np.isfinite(curvature)):
-                curvature = None
-        return cls(full_data, map_result, curvature)
+            return cls(full_data, None, None)
+        curvature = _finite_or_none(curvature_at(map_result.position, full_data.gradient))
+        if not map_result.converged:
+            warn(
+                f"The MAP search behind the adaptation did not converge "
+                f"({map_result.message}). Chains start from its last point, "
+                'control_variate="auto" stays off, and the tuning windows adapt from '
+                "the draws. Give initvals, or a longer tune, if the chains do not settle."
+            )
+            return cls(full_data, map_result, curvature)
+        distance, slope = _distance_to_mode(map_result.gradient, curvature)
+        if max(distance, slope) <= MODE_TOLERANCE:
+            return cls(full_data, map_result, curvature)
+        where = (
+            f"{distance:.3g} posterior sds from a mode by the curvature there"
+            if distance > MODE_TOLERANCE
+            else f"a slope of {slope:.3g} along a direction of no curvature"
+        )
+        warn(
+            "The MAP search behind the adaptation converged on a slope, not a mode "
+            f"({where}). The posterior has no interior mode to start from, as in a centred "
+            "hierarchical model whose group scale runs to 0 (a funnel). Chains start "
+            "around the model's initial point, the first preconditioner is the curvature "
+            'there, control_variate="auto" stays off, and the tuning windows adapt from the '
+            "draws. A non-centred parametrisation (mu + sigma * z, z ~ Normal(0, 1)) "
+            "removes the funnel."
+        )
+        start = np.asarray(start, dtype=float)
+        curvature = _finite_or_none(curvature_at(start, full_data.gradient))
+        return cls(full_data, map_result, curvature, is_mode=False)
 
     @property
     def position(self) -> np.ndarray | None:
-        """The MAP (raveled, unconstrained), or None."""
-        return None if self.map_result is None else self.map_result.position
+        """The MAP (raveled, unconstrained), or None; None also where it is no mode."""
+        if self.map_result is None or not self.is_mode:
+            return None
+        return self.map_result.position
 
     @property
     def converged(self) -> bool:
-        return self.map_result is not None and self.map_result.converged
+        """Whether the search converged to a mode (what control variates are centred on)."""
+        return self.map_result is not None and self.map_result.converged and self.is_mode
+
+
+def _finite_or_none(curvature: np.ndarray) -> np.ndarray | None:
+    return curvature if np.all(np.isfinite(curvature)) else None
+
+
+def _distance_to_mode(gradient: np.ndarray, curvature: np.ndarray | None) -> tuple[float, float]:
+    """``‖Lᵀ g‖`` with ``L Lᵀ = H⁻¹``, and the largest slope of ``g`` along a coordinate
+    or eigenvector (of ``H`` scaled to unit diagonal) whose curvature is not positive."""
+    if curvature is None:
+        return 0.0, 0.0
+    gradient = np.asarray(gradient, dtype=float)
+    preconditioner = Preconditioner.from_curvature(curvature, gradient.size, dense=True)
+    distance = float(np.linalg.norm(preconditioner.whiten(gradient)))
+    diagonal = np.diag(curvature)
+    slopes = list(np.abs(gradient[diagonal <= 0]))
+    positive = diagonal > 0
+    if positive.any():
+        scale = 1.0 / np.sqrt(diagonal[positive])
+        scaled = scale[:, None] * curvature[np.ix_(positive, positive)] * scale[None, :]
+        values, vectors = np.linalg.eigh(0.5 * (scaled + scaled.T))
+        flat = values <= 1e-10 * max(values.max(), 0.0)
+        for vector in vectors[:, flat].T:
+            # Per unit of distance in θ along the direction D v.
+            step = scale * vector
+            slopes.append(abs(float(step @ gradient[positive])) / float(np.linalg.norm(step)))
+    return distance, float(max(slopes, default=0.0))
