@@ -63,7 +63,7 @@ class SGLD(StochasticGradientStep):
         SG steps per ``pm.sample`` draw, each on a fresh minibatch; the last is recorded.
         They run inside one compiled call. The default is ``"auto"`` with
         ``step_size="auto"`` (enough steps per draw to cover one unit of the dynamics'
-        time, ``K η ≈ 1``, between 10 and 1024) and 1 otherwise.
+        time, ``K η ≈ 1``, between 100 and 1024) and 1 otherwise.
     initial_jitter : float, default 1.0
         Each chain starts from the model's initial point plus ``U(−j, j)`` noise on the
         unconstrained space (with ``step_size="auto"`` or a ``mass``: from the MAP plus
@@ -74,8 +74,7 @@ class SGLD(StochasticGradientStep):
         Draws between estimates of the minibatch gradient variance ``V`` behind the
         ``noise_ratio`` stat; 0 or None turns them off (``noise_ratio`` is then nan).
         Each estimate costs two extra minibatch gradients, outside the compiled kernel
-        (about 1% more gradients at the default with ``steps_per_draw=10``, 10% with
-        ``steps_per_draw=1``), plus 20 pairs once per chain when tuning ends. They are
+        (0.1% more gradients at ``steps_per_draw=100``, 10% with ``steps_per_draw=1``), plus 20 pairs once per chain when tuning ends. They are
         drawn from a child of the chain's generator, so the draws do not depend on it.
     preconditioner : RMSprop, optional
         A diagonal preconditioner ``G``: each step becomes ``θ + η G g + sqrt(2ηTG) ξ``
