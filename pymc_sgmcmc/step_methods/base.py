@@ -158,7 +158,7 @@ class StochasticGradientStep(BlockedStep):
         "noise_ratio": (np.float64, []),
         "tune": (bool, []),
         # NUTS's name: the number of SG steps (gradient evaluations) behind this draw.
-        "n_steps": (np.int64, []),
+        "n_steps": (np.float64, []),
     }
     _state_class = StochasticGradientState
     _auxiliary_type: type[NamedTuple] = SGLDAuxiliary
@@ -823,7 +823,7 @@ class StochasticGradientStep(BlockedStep):
             "diverging": DIVERGING_DTYPE(bool(diverged)),
             "noise_ratio": self.noise_monitor.recorded_ratio(step_size, self._noise_state_key()),
             "tune": bool(self.tune),
-            "n_steps": steps,
+            "n_steps": float(steps),
             **kernel_stats,
         }
         stats.update(self._draw_stats(stats["step_size"]))
