@@ -106,3 +106,22 @@ def test_jax_workers_spawned_give_the_draws_of_one_core_and_forked_ones_a_clear_
     np.testing.assert_array_equal(one, two)
     with pytest.raises(Exception, match='mp_ctx="spawn"'):
         sample(model, step, cores=2, mp_ctx="fork", **options)
+
+
+def test_jax_functions_keep_the_data_on_the_device_and_follow_a_new_value():
+    import jax
+    import pytensor
+    import pytensor.tensor as pt
+
+    from pymc_sgmcmc._compat import compile_function
+
+    data = pytensor.shared(np.arange(6.0).reshape(3, 2), name="data")
+    row = pt.lscalar("row")
+    function = compile_function([row], data[row].sum(), **JAX)
+    assert function(1) == 5.0 and isinstance(function(1), np.ndarray)
+    # The private copy holds a device array; the model's own variable keeps NumPy.
+    [(original, copy)] = function._data
+    assert original is data and isinstance(copy.container.storage[0], jax.Array)
+    assert isinstance(data.get_value(borrow=True), np.ndarray)
+    data.set_value(10 * np.arange(6.0).reshape(3, 2))  # as pm.set_data does
+    assert function(1) == 50.0
