@@ -91,9 +91,6 @@ def test_jax_draws_are_reproducible_and_chains_differ(normal_mean):
     assert not np.array_equal(first[0], first[1])
 
 
-# JAX warns at the fork itself, in this process, before the worker refuses to go on.
-@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_jax_workers_spawned_give_the_draws_of_one_core_and_forked_ones_a_clear_error(
     normal_mean,
 ):
