@@ -1,12 +1,15 @@
 """The benchmark suite: pymc-sgmcmc against the samplers users would pick instead.
 
-    python benchmarks/run.py [--quick] [--sections throughput defaults scaling accuracy big_n]
+    python benchmarks/run.py [--quick] [--sections startup throughput defaults scaling accuracy big_n]
+        [--pythons .venv-py3.11/bin/python .venv-py3.12/bin/python]
 
 Problem: Bayesian logistic regression, 20 features, Normal(0, 1) priors, synthetic data
 from a fixed seed (``tasks.logistic_data``). Every measurement runs in its own process
 (``tasks.py``) and reports its peak resident memory. Results are printed and written to
 ``benchmarks/results/`` as Markdown tables, JSON and PNG plots.
 
+0. Start-up: the step's construction and first ``pm.sample`` of ``SGLD()`` / ``SGHMC()``
+   against PyMC's default NUTS, cold compile caches, on each PyMC line given.
 1. Throughput: SG steps per second of pymc-sgmcmc's SGLD and SGHMC through ``pm.sample``
    (``steps_per_draw`` 1, 10, 100), BlackJAX's SGLD and SGHMC (jitted ``lax.scan``), a
    NumPy SGLD loop and the bare compiled minibatch gradient, each as a ratio to BlackJAX.
@@ -39,10 +42,14 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 REPEATS = 2
+#: The interpreters the startup section measures (``--pythons``).
+PYTHONS = [sys.executable]
 
 
-def run_task(task: str, *, cold_caches: bool = False, **arguments) -> dict:
-    """Run one measurement in a fresh process; return its JSON result.
+def run_task(
+    task: str, *, cold_caches: bool = False, python: str = sys.executable, **arguments
+) -> dict:
+    """Run one measurement in a fresh process of ``python``; return its JSON result.
 
     ``cold_caches`` gives the process empty PyTensor and Numba compile caches, as on a
     machine that has never compiled the model: everything is compiled from scratch.
@@ -56,7 +63,7 @@ def run_task(task: str, *, cold_caches: bool = False, **arguments) -> dict:
             filter(None, [flags, f"base_compiledir={cache}/pytensor"])
         )
     completed = subprocess.run(
-        [sys.executable, str(HERE / "tasks.py"), task, json.dumps(arguments)],
+        [python, str(HERE / "tasks.py"), task, json.dumps(arguments)],
         capture_output=True,
         text=True,
         env=environment,
@@ -136,6 +143,57 @@ def throughput(quick: bool) -> tuple[str, list[dict]]:
     return markdown_table(header, rows), records
 
 
+def startup(quick: bool) -> tuple[str, list[dict]]:
+    """Cold start on N = 1e5, batch 100: the step's construction and the first
+    ``pm.sample`` (defaults, one chain) of SGLD() and SGHMC() (control variates on) against
+    PyMC's default NUTS on the full data, each in a process with empty compile caches, for
+    every interpreter given with ``--pythons`` (one per PyMC line)."""
+    n, batch = 100_000, 100
+    records = []
+    for python in PYTHONS:
+        version = subprocess.run(
+            [python, "-c", "import pymc; print(pymc.__version__)"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        nuts = run_task(
+            "startup", cold_caches=True, python=python, sampler="NUTS", n=n, batch=batch
+        )
+        records.append({"pymc": version, "method": "NUTS (full data)", **nuts})
+        for sampler in ("SGLD", "SGHMC"):
+            result = run_task(
+                "startup", cold_caches=True, python=python, sampler=sampler, n=n, batch=batch
+            )
+            records.append({"pymc": version, "method": f"{sampler}()", **result})
+    rows = []
+    for record in records:
+        nuts = next(
+            r["seconds"]
+            for r in records
+            if r["pymc"] == record["pymc"] and r["method"].startswith("NUTS")
+        )
+        rows.append(
+            [
+                record["pymc"],
+                record["method"],
+                f"{record['build_seconds']:.1f}",
+                f"{record['build_seconds'] / nuts:.2f}",
+                f"{record['sample_seconds']:.1f}",
+                f"{record['seconds']:.1f}",
+            ]
+        )
+    header = [
+        "PyMC",
+        "method",
+        "step build s",
+        "build / NUTS first sample",
+        "first pm.sample s",
+        "total s",
+    ]
+    return markdown_table(header, rows), records
+
+
 def defaults(quick: bool) -> tuple[str, list[dict]]:
     """What the quick start gets (no sampler arguments, pm.sample's tune and draws, one
     chain) against BlackJAX, beside a large explicit steps_per_draw, on N = 1e5, batch 100.
@@ -149,9 +207,19 @@ def defaults(quick: bool) -> tuple[str, list[dict]]:
     for sampler in ("SGLD", "SGHMC"):
         baseline = best_of("blackjax", sampler=sampler, n=n, batch=batch, steps=steps)
         records.append({"method": f"BlackJAX {sampler}", "kind": sampler, **baseline})
-        for label, mode in (("", None), (", JAX backend", "JAX")):
+        for label, mode, float_type in (
+            ("", None, "float64"),
+            (", float32", None, "float32"),
+            (", JAX backend", "JAX", "float64"),
+        ):
             result = best_of(
-                "pymc_sgmcmc_defaults", sampler=sampler, n=n, batch=batch, draws=draws, mode=mode
+                "pymc_sgmcmc_defaults",
+                sampler=sampler,
+                n=n,
+                batch=batch,
+                draws=draws,
+                mode=mode,
+                float_type=float_type,
             )
             records.append({"method": f"{sampler}(){label}", "kind": sampler, **result})
         large = best_of(
@@ -473,6 +541,7 @@ def accuracy_of(candidate: dict, reference: dict) -> dict:
 
 
 SECTIONS = {
+    "startup": startup,
     "throughput": throughput,
     "defaults": defaults,
     "scaling": scaling,
@@ -501,7 +570,14 @@ def main() -> None:
         action="store_true",
         help="measure NUTS and nutpie again instead of reading their stored timings",
     )
+    parser.add_argument(
+        "--pythons",
+        nargs="+",
+        default=[sys.executable],
+        help="interpreters for the startup section (one per PyMC line)",
+    )
     args = parser.parse_args()
+    PYTHONS[:] = args.pythons
     RESULTS.mkdir(exist_ok=True)
     suffix = "_quick" if args.quick else ""
     machine = machine_description()
@@ -514,7 +590,7 @@ def main() -> None:
         print(f"\n## {name}\n\n{table}\n", flush=True)
         sections[name] = f"Machine: {machine}\n\n{table}\n"
         (RESULTS / f"{name}{suffix}.json").write_text(json.dumps(records, indent=1))
-        if name != "defaults":
+        if name not in ("defaults", "startup"):
             plot(name, records, RESULTS / f"{name}{suffix}.png")
     report = RESULTS / f"report{suffix}.md"
     report.write_text(merged_report(report, sections))

@@ -51,6 +51,37 @@ def quiet_pymc():
     logging.getLogger("pymc").setLevel(logging.ERROR)
 
 
+# ---- start-up ---------------------------------------------------------------------------
+def startup(*, sampler: str, n: int, batch: int):
+    """The step's construction and the first ``pm.sample`` (defaults, one chain), timed
+    separately; run with cold compile caches (``run.py``), as a first session would be.
+
+    ``sampler="NUTS"`` is PyMC's default NUTS on the full data (no minibatches): its
+    ``build_seconds`` is 0, since pm.sample builds and compiles it inside.
+    """
+    import pymc as pm
+
+    import pymc_sgmcmc as sgmc
+
+    quiet_pymc()
+    X, y, _ = logistic_data(n)
+    options = {"chains": 1, "cores": 1, "progressbar": False, "compute_convergence_checks": False}
+    model = logistic_model(X, y, None if sampler == "NUTS" else batch)
+    start = time.perf_counter()
+    with model:
+        step = None if sampler == "NUTS" else getattr(sgmc, sampler)()
+    build = time.perf_counter() - start
+    start = time.perf_counter()
+    pm.sample(step=step, model=model, random_seed=1, **options)
+    first_sample = time.perf_counter() - start
+    return {
+        "build_seconds": build,
+        "sample_seconds": first_sample,
+        "seconds": build + first_sample,
+        "control_variate": step is not None and step.control_variate is not None,
+    }
+
+
 # ---- throughput -------------------------------------------------------------------------
 def pymc_sgmcmc(*, sampler: str, n: int, batch: int, steps_per_draw: int, steps: int):
     """SG steps per second through ``pm.sample`` (one chain), and ``step()`` alone."""
@@ -94,22 +125,40 @@ def pymc_sgmcmc(*, sampler: str, n: int, batch: int, steps_per_draw: int, steps:
 
 
 def pymc_sgmcmc_defaults(
-    *, sampler: str, n: int, batch: int, draws: int | None = None, mode: str | None = None
+    *,
+    sampler: str,
+    n: int,
+    batch: int,
+    draws: int | None = None,
+    mode: str | None = None,
+    float_type: str = "float64",
 ):
     """What a user following the quick start gets: ``SGLD()`` / ``SGHMC()`` and
     ``pm.sample``'s own tune and draws, one chain.
+
+    ``float_type="float32"`` runs it all under ``pytensor.config.floatX = "float32"``,
+    the data cast to float32 (the labels to ``intX``, as PyMC casts them).
 
     SG steps are counted from the ``n_steps`` stat, so tuning's changing
     ``steps_per_draw`` counts too. ``steps_per_second`` is end to end (tuning included,
     the step's construction not); ``sampling_steps_per_second`` is the adapted settings
     (``step.adapted_settings()``) sampled again without tuning.
     """
+    import pytensor
+
+    with pytensor.config.change_flags(floatX=float_type):
+        X, y, _ = logistic_data(n)
+        if float_type != "float64":
+            X, y = X.astype(float_type), y.astype(pytensor.config.intX)
+        return _defaults_run(sampler, X, y, batch, draws, mode)
+
+
+def _defaults_run(sampler, X, y, batch, draws, mode):
     import pymc as pm
 
     import pymc_sgmcmc as sgmc
 
     quiet_pymc()
-    X, y, _ = logistic_data(n)
     model = logistic_model(X, y, batch)
     options = {"chains": 1, "cores": 1, "progressbar": False, "compute_convergence_checks": False}
     # Every SG step counts, tuning's too.
@@ -382,6 +431,7 @@ def gradient_cost(*, n: int, evaluations: int = 20):
 
 
 TASKS = {
+    "startup": startup,
     "pymc_sgmcmc_defaults": pymc_sgmcmc_defaults,
     "pymc_sgmcmc": pymc_sgmcmc,
     "bare_gradient": bare_gradient,

@@ -285,6 +285,9 @@ FLOAT32_STEPS = {
         step_size=0.01, diffusion=20.0, steps_per_draw=5, control_variate=True
     ),
     "pSGLD+cv": lambda: sgmc.pSGLD(step_size=0.003, steps_per_draw=5, control_variate=True),
+    # Zero configuration: the MAP, curvature, preconditioner and step size in float32.
+    "SGLD()": sgmc.SGLD,
+    "SGHMC()": sgmc.SGHMC,
 }
 
 

@@ -270,6 +270,7 @@ class StochasticGradientStep(BlockedStep):
             default_start=mapped.data,
             point_map_info=self._point_map_info,
             value_names=value_names,
+            full_data=None if self.guess is None else self.guess.full_data,
         )
         self._declare_stats()
         self._configure()
@@ -280,7 +281,7 @@ class StochasticGradientStep(BlockedStep):
             describe_coordinate=self._coordinate_name,
             size=self._size,
             dtype=self._dtype,
-            compile_kwargs=self._compile_kwargs,
+            minibatch_part=self._minibatch_part,
             whiten=self._whiten if self._preconditioning else None,
         )
         self.adapter = TuningAdapter(
@@ -732,6 +733,15 @@ class StochasticGradientStep(BlockedStep):
         self._current_gradient = np.asarray(result["gradient"])
         self._logp = float(result["logp"])
         self._grad_norm = float(np.linalg.norm(result["gradient"]))
+
+    def _minibatch_part(self, position: np.ndarray, indices: list) -> np.ndarray:
+        """The estimate's minibatch-dependent part at ``position`` on ``indices`` (one
+        vector per stream), from the start function: the noise monitor's pairs."""
+        result = self._start_function(
+            position=position, **{f"start_{j}": index for j, index in enumerate(indices)}
+        )
+        # A copy: the next call may reuse the function's output storage.
+        return np.array(result["minibatch_part"])
 
     # ---- the step ---------------------------------------------------------------------
     def step(self, point):

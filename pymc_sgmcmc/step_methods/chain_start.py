@@ -43,10 +43,23 @@ class ChainStart:
         PyMC's raveling of the value variables.
     value_names : dict
         Names of the value variables by free-variable or value-variable name.
+    full_data : FullDataLogPosterior, optional
+        The full-data passes of the MAP search, where the step made one: a start is then
+        checked with one chunked pass, and term by term only where that is not finite.
     """
 
-    def __init__(self, estimator, *, initial_jitter, default_start, point_map_info, value_names):
+    def __init__(
+        self,
+        estimator,
+        *,
+        initial_jitter,
+        default_start,
+        point_map_info,
+        value_names,
+        full_data=None,
+    ):
         self.estimator = estimator
+        self.full_data = full_data
         self.initial_jitter = initial_jitter
         self.default_start = default_start
         self.point_map_info = point_map_info
@@ -110,7 +123,7 @@ class ChainStart:
         free = self._jittered_coordinates(position, chain)
         if centre is not None:
             position = np.where(free, centre, position).astype(target.dtype)
-        bad = target.non_finite_terms(position)
+        bad = self._non_finite_terms(position)
         if bad:
             raise self._error(position, bad, chain=chain, jittered=False)
         if self.initial_jitter == 0 or not free.any():
@@ -123,10 +136,20 @@ class ChainStart:
                 # (a prior-only scale): each retry halves the spread, ending near the MAP.
                 spread = 0.5 * spread
             jittered = position + np.where(free, jitter, 0.0).astype(target.dtype)
-            bad = target.non_finite_terms(jittered)
+            bad = self._non_finite_terms(jittered)
             if not bad:
                 return jittered
         raise self._error(jittered, bad, chain=chain, jittered=True)
+
+    def _non_finite_terms(self, position: np.ndarray) -> dict[str, float]:
+        """The terms of the log density that are not finite at ``position`` on some rows."""
+        if self.full_data is not None:
+            # The sum over all rows is finite only where every term is: one pass in large
+            # chunks instead of a compiled call per minibatch of rows (N/B calls).
+            logp, _ = self.full_data.logp_and_gradient(position)
+            if np.isfinite(logp):
+                return {}
+        return self.estimator.target.non_finite_terms(position)
 
     def _jittered_coordinates(self, position: np.ndarray, chain: int | None) -> np.ndarray:
         """Which coordinates to jitter: those of variables whose start the user did not give.

@@ -233,7 +233,10 @@ def build_start_function(
     """``(log π̂, gradient estimate)`` at a position on one minibatch: a chain's first.
 
     Per-call inputs ``position`` and ``start_j`` (one minibatch per stream); fixed inputs
-    as the kernel's, so that both are set from the same values.
+    as the kernel's, so that both are set from the same values. A third output, the
+    estimate's ``minibatch_part`` (:meth:`GradientEstimator.minibatch_part`), serves the
+    gradient-noise pairs: the graphs share their gradients, so one compiled function does
+    both.
     """
     target = estimator.target
     position = NamedInput("position", target.dtype, 1)
@@ -249,10 +252,12 @@ def build_start_function(
         {spec.name: symbols[spec.name] for spec in estimator.inputs},
         minibatch_gradient,
     )
+    estimator_inputs = {spec.name: symbols[spec.name] for spec in estimator.inputs}
+    minibatch_part = estimator.minibatch_part(position_variable, index_variables, estimator_inputs)
     return NamedFunction(
         [(position, position_variable), *indices],
         fixed,
-        [logp, gradient],
-        ["logp", "gradient"],
+        [logp, gradient, minibatch_part],
+        ["logp", "gradient", "minibatch_part"],
         **compile_kwargs,
     )

@@ -18,9 +18,7 @@ import numpy as np
 from pymc.step_methods.state import DataClassState, WithSamplingState, dataclass_state
 from pymc.util import RandomGeneratorState
 
-from pymc_sgmcmc._named_function import NamedFunction, NamedInput
 from pymc_sgmcmc._warnings import MinibatchNoiseWarning, warn
-from pymc_sgmcmc.step_methods.kernel import index_inputs
 
 __all__ = [
     "COORDINATE_WARNING_THRESHOLD",
@@ -88,6 +86,11 @@ class GradientNoiseMonitor(WithSamplingState):
     ----------
     estimator : GradientEstimator
         The step's gradient estimator: pairs of its estimates are compared.
+    minibatch_part : callable
+        ``minibatch_part(position, indices)``: the part of the estimate at ``position`` that
+        varies with the minibatch (:meth:`GradientEstimator.minibatch_part`), on one
+        index vector per stream; the step's compiled start function gives it, so that
+        the monitor compiles nothing of its own.
     interval : int or None
         Draws between pairs; None takes none but where asked (:meth:`add_pairs`).
     measures : callable
@@ -114,7 +117,7 @@ class GradientNoiseMonitor(WithSamplingState):
         describe_coordinate: Callable[[int], str],
         size: int,
         dtype: str,
-        compile_kwargs: dict,
+        minibatch_part: Callable[[np.ndarray, list], np.ndarray],
         whiten: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
         self.estimator = estimator
@@ -124,9 +127,7 @@ class GradientNoiseMonitor(WithSamplingState):
         self._describe_coordinate = describe_coordinate
         self._size = size
         self._dtype = dtype
-        self._compile_kwargs = compile_kwargs
-        # Compiled on first use: many runs never estimate the gradient noise.
-        self._pair_function: NamedFunction | None = None
+        self._minibatch_part = minibatch_part
         self._ratio_cache = None
 
     # ---- per-chain state ---------------------------------------------------------------
@@ -156,30 +157,6 @@ class GradientNoiseMonitor(WithSamplingState):
         return self.interval is not None and (draw - 1) % self.interval == 0
 
     # ---- estimating ----------------------------------------------------------------------
-    def _compile_pair(self) -> NamedFunction:
-        """``½ (g₁ − g₂)²`` per coordinate, for two gradient estimates at one position."""
-        estimator = self.estimator
-        target = estimator.target
-        position = NamedInput("position", self._dtype, 1)
-        first = index_inputs(target, "first", 1)
-        second = index_inputs(target, "second", 1)
-        fixed = [(spec, spec.variable()) for spec in estimator.inputs]
-        inputs = {spec.name: variable for spec, variable in fixed}
-        position_variable = position.variable()
-        gradient_first = estimator.minibatch_part(
-            position_variable, [variable for _, variable in first], inputs
-        )
-        gradient_second = estimator.minibatch_part(
-            position_variable, [variable for _, variable in second], inputs
-        )
-        return NamedFunction(
-            [(position, position_variable), *first, *second],
-            fixed,
-            [0.5 * (gradient_first - gradient_second) ** 2, gradient_first - gradient_second],
-            ["variance", "difference"],
-            **self._compile_kwargs,
-        )
-
     def add_pairs(self, position: np.ndarray, pairs: int) -> None:
         """Estimate ``V`` at ``position`` from ``pairs`` pairs of independent minibatches.
 
@@ -201,20 +178,16 @@ class GradientNoiseMonitor(WithSamplingState):
         if not target.streams:
             # Exact gradients: no minibatch noise at all, nothing to compile or draw.
             return np.zeros(self._size)
-        if self._pair_function is None:
-            self._pair_function = self._compile_pair()
-        self._pair_function.set_fixed(self.estimator.input_values())
         indices = target.draw_indices(self.rng, 2 * pairs)
         position = np.asarray(position, dtype=self._dtype)
         variance = np.zeros(self._size)
         for pair in range(pairs):
-            first = {f"first_{j}": index[2 * pair] for j, index in enumerate(indices)}
-            second = {f"second_{j}": index[2 * pair + 1] for j, index in enumerate(indices)}
-            result = self._pair_function(position=position, **first, **second)
-            if whiten is None:
-                variance += result["variance"]
-            else:
-                variance += 0.5 * whiten(np.asarray(result["difference"], dtype=float)) ** 2
+            first = self._minibatch_part(position, [index[2 * pair] for index in indices])
+            second = self._minibatch_part(position, [index[2 * pair + 1] for index in indices])
+            difference = first - second
+            if whiten is not None:
+                difference = whiten(np.asarray(difference, dtype=float))
+            variance += 0.5 * difference**2
         return variance / pairs
 
     # ---- reporting -----------------------------------------------------------------------
