@@ -146,10 +146,12 @@ def pymc_sgmcmc_defaults(
     """
     import pytensor
 
+    from pymc.pytensorf import intX
+
     with pytensor.config.change_flags(floatX=float_type):
         X, y, _ = logistic_data(n)
         if float_type != "float64":
-            X, y = X.astype(float_type), y.astype(pytensor.config.intX)
+            X, y = X.astype(float_type), intX(y)
         return _defaults_run(sampler, X, y, batch, draws, mode)
 
 
