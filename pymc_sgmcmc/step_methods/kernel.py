@@ -246,13 +246,10 @@ def build_start_function(
     symbols = {spec.name: variable for spec, variable in fixed}
     index_variables = [variable for _, variable in indices]
     logp, minibatch_gradient = target.at(position_variable, index_variables)
-    gradient = estimator.gradient(
-        position_variable,
-        index_variables,
-        {spec.name: symbols[spec.name] for spec in estimator.inputs},
-        minibatch_gradient,
-    )
     estimator_inputs = {spec.name: symbols[spec.name] for spec in estimator.inputs}
+    gradient = estimator.gradient(
+        position_variable, index_variables, estimator_inputs, minibatch_gradient
+    )
     minibatch_part = estimator.minibatch_part(position_variable, index_variables, estimator_inputs)
     return NamedFunction(
         [(position, position_variable), *indices],
