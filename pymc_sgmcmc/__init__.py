@@ -2,7 +2,8 @@
 
 Feed data through ``pm.Minibatch(...)`` with ``total_size=N`` and sample with
 ``pm.sample(step=pymc_sgmcmc.SGLD(step_size=...))``, ``SGHMC(...)``, ``SGNHT(...)`` or
-``pSGLD(...)``, optionally with ``control_variate=True`` for large N;
+``pSGLD(...)``, optionally with ``control_variate=True`` for large N; data larger than memory (zarr,
+xarray, Dask) come through :func:`pymc_sgmcmc.Minibatch`;
 ``select_step_size`` chooses the step size by the kernel Stein discrepancy of short runs.
 """
 
@@ -16,6 +17,7 @@ from pymc_sgmcmc.predictive import sample_posterior_predictive
 from pymc_sgmcmc.step_methods import SGHMC, SGLD, SGNHT, pSGLD
 from pymc_sgmcmc.step_methods.chain_start import InitialEvaluationError
 from pymc_sgmcmc.step_methods.divergence import SamplerDivergenceError
+from pymc_sgmcmc.streaming import Minibatch
 from pymc_sgmcmc.tuning import StepSizeSelection, scale_step_size_for_budget, select_step_size
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "ControlVariate",
     "RMSprop",
     "InitialEvaluationError",
+    "Minibatch",
     "MinibatchNoiseWarning",
     "SGMCMCWarning",
     "SamplerDivergenceError",

@@ -82,8 +82,24 @@ def full_data_model(model: pm.Model, *, initvals: bool = True) -> pm.Model:
     if not isinstance(model, pm.Model):
         raise TypeError(f"`model` must be a pymc.Model, got {type(model).__name__}.")
     model_vars = [*model.named_vars.values(), *model.rvs_to_values.values()]
-    if not _minibatch_outputs(model_vars):
+    outputs = _minibatch_outputs(model_vars)
+    if not outputs:
         return model
+    streamed = {
+        tensor.name
+        for output in outputs
+        for tensor in output.owner.inputs
+        if getattr(tensor.tag, "row_buffer", None) is not None
+    }
+    if streamed:
+        raise NotImplementedError(
+            f"The model streams its data from a chunked store (pymc_sgmcmc.Minibatch: "
+            f"{sorted(streamed)}); a full-data copy of it would hold every row in memory, "
+            "and the tools built on one (posterior predictive, LOO, deterministics on the "
+            "full data) do not stream yet. The full-data passes of sampling (control "
+            "variates, MAP, kernel Stein discrepancy) do. Where the data fit in memory, "
+            "build the model with pm.Minibatch(numpy_array, ...) for these tools."
+        )
     batched_observed = _check_minibatch_use(model)
 
     fgraph = _fgraph_without_initvals(model)

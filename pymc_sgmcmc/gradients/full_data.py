@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytensor.tensor as pt
 
-from pytensor.graph.replace import vectorize_graph
+from pytensor.graph.replace import clone_replace, vectorize_graph
 from scipy import optimize
 
 from pymc_sgmcmc._compat import compile_function
@@ -88,10 +88,19 @@ class FullDataLogPosterior:
             index_matrix = pt.matrix(f"chunk_index_{stream.index.name}", dtype=stream.index.dtype)
             weights = pt.matrix("weights", dtype=target.dtype)
             rows_matrix = vectorize_graph(per_row, {stream.index: index_matrix})
+            inputs = [index_matrix, weights]
+            if stream.buffer is not None:
+                # A streamed source's rows come as inputs, a block at a time, not from
+                # the buffer the minibatches are drawn from.
+                blocks = [
+                    variable.type(f"block_{variable.name}") for variable in stream.buffer.shared
+                ]
+                rows_matrix = clone_replace(
+                    rows_matrix, dict(zip(stream.buffer.shared, blocks, strict=True))
+                )
+                inputs += blocks
             total = pt.sum(weights * rows_matrix)
-            self._chunk_graphs.append(
-                ([index_matrix, weights], (total, pt.grad(total, self._position)))
-            )
+            self._chunk_graphs.append((inputs, (total, pt.grad(total, self._position))))
         # Compiled at their first use: a user of `gradients` alone never compiles the
         # one-position functions, and vice versa.
         self._one_position = None
@@ -128,10 +137,21 @@ class FullDataLogPosterior:
         return self._many_positions
 
     def _stream_chunks(self, stream):
-        """``(indices, weights)`` matrices covering rows ``0..N-1`` once, chunk by chunk."""
+        """The inputs of a chunk's function, covering rows ``0..N-1`` once: ``(indices,
+        weights)`` matrices, and for a streamed source the block of rows they index."""
         batch, rows = stream.batch_size, stream.data_size
-        per_chunk = max(1, self.chunk_size // batch) * batch
         weight = batch / rows
+        if stream.buffer is not None:
+            for _start, blocks in stream.buffer.chunks(self.chunk_size):
+                count = blocks[0].shape[0]
+                padded = -(-count // batch) * batch
+                indices = np.zeros(padded, dtype=stream.index.dtype)
+                indices[:count] = np.arange(count)
+                weights = np.zeros(padded, dtype=self.dtype)
+                weights[:count] = weight
+                yield indices.reshape(-1, batch), weights.reshape(-1, batch), *blocks
+            return
+        per_chunk = max(1, self.chunk_size // batch) * batch
         for start in range(0, rows, per_chunk):
             count = min(per_chunk, rows - start)
             padded = -(-count // batch) * batch
@@ -155,8 +175,8 @@ class FullDataLogPosterior:
         logp, gradient = fixed(typed)
         logp, gradient = float(logp), np.array(gradient, dtype=float)
         for stream, function in zip(self.streams, chunks, strict=True):
-            for indices, weights in self._stream_chunks(stream):
-                chunk_logp, chunk_gradient = function(typed, indices, weights)
+            for chunk in self._stream_chunks(stream):
+                chunk_logp, chunk_gradient = function(typed, *chunk)
                 logp += float(chunk_logp)
                 gradient += chunk_gradient
         self.evaluations += 1
@@ -203,8 +223,8 @@ class FullDataLogPosterior:
             typed = positions[start : start + per_call].astype(self.dtype)
             gradient = np.array(fixed(typed)[0], dtype=float)
             for stream, function in zip(self.streams, chunks, strict=True):
-                for indices, weights in self._stream_chunks(stream):
-                    gradient += function(typed, indices, weights)[0]
+                for chunk in self._stream_chunks(stream):
+                    gradient += function(typed, *chunk)[0]
             gradients[start : start + per_call] = gradient
         self.evaluations += positions.shape[0]
         return gradients

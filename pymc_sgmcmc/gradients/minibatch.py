@@ -28,6 +28,7 @@ from pytensor.tensor.variable import TensorConstant
 
 from pymc_sgmcmc._compat import compile_function
 from pymc_sgmcmc._warnings import warn
+from pymc_sgmcmc.streaming import RowBuffer
 
 __all__ = ["MinibatchLogPosterior"]
 
@@ -44,17 +45,23 @@ class MinibatchStream:
         Number of rows ``N`` it draws from.
     batch_size : int
         Number of rows ``B`` per minibatch.
+
+    buffer : RowBuffer or None
+        For :func:`pymc_sgmcmc.Minibatch` over a chunked store, the buffer of chunks the
+        rows come from (the indices are rows of the buffer); None for ``pm.Minibatch``.
     """
 
     index: pt.TensorVariable
     data_size: int
     batch_size: int
+    buffer: RowBuffer | None = None
 
     def draw(self, rng: np.random.Generator, steps: int) -> np.ndarray:
         """Row indices for ``steps`` minibatches, shape ``(steps, batch_size)``."""
-        return rng.integers(
-            0, self.data_size, size=(steps, self.batch_size), dtype=self.index.dtype
-        )
+        shape = (steps, self.batch_size)
+        if self.buffer is not None:
+            return self.buffer.draw_indices(rng, shape, self.index.dtype)
+        return rng.integers(0, self.data_size, size=shape, dtype=self.index.dtype)
 
 
 class MinibatchLogPosterior:
@@ -129,10 +136,16 @@ class MinibatchLogPosterior:
                     [node.inputs[0].shape[0], node.outputs[0].shape[0]],
                     on_unused_input="ignore",
                 )()
+                buffer = getattr(node.inputs[0].tag, "row_buffer", None)
+                if buffer is not None:
+                    # Indices are rows of the buffer; the stream stands for the source's.
+                    data_size = buffer.rows
                 # 32-bit indices are drawn faster and move less memory; 64 only when needed.
                 index_dtype = "int32" if data_size < 2**31 else "int64"
                 index = pt.vector(f"minibatch_index_{len(streams)}", dtype=index_dtype)
-                streams.append(MinibatchStream(index, int(data_size), int(batch_size)))
+                streams.append(
+                    MinibatchStream(index, int(data_size), int(batch_size), buffer=buffer)
+                )
                 self._stream_rngs.append(node.inputs[-1])
                 self._stream_data.append(list(node.inputs[:-1]))
         self.streams = tuple(streams)
@@ -180,6 +193,22 @@ class MinibatchLogPosterior:
         """Indices of every stream for ``steps`` fresh minibatches."""
         return [stream.draw(rng, steps) for stream in self.streams]
 
+    @property
+    def buffers(self) -> list[RowBuffer]:
+        """The buffers of the streams read from chunked stores."""
+        return [stream.buffer for stream in self.streams if stream.buffer is not None]
+
+    def start_chain(self, rng: np.random.Generator) -> None:
+        """Refill the buffers at a chain's start from a schedule drawn with ``rng``."""
+        for buffer, child in zip(self.buffers, rng.spawn(len(self.buffers)), strict=True):
+            buffer.start_chain(child)
+
+    def after_draw(self, steps: int) -> None:
+        """Give the buffers their fresh chunks after a draw of ``steps`` minibatches."""
+        for stream in self.streams:
+            if stream.buffer is not None:
+                stream.buffer.refresh(steps * stream.batch_size)
+
     # ---- checks before a chain starts ----------------------------------------------------
     def _observed_of_stream(self, number: int) -> list[str]:
         rng = self._stream_rngs[number]
@@ -204,6 +233,12 @@ class MinibatchLogPosterior:
         streams, changed = [], False
         for number, (stream, data) in enumerate(zip(self.streams, self._stream_data, strict=True)):
             values = [np.asarray(next(arrays)) for _ in data]
+            if stream.buffer is not None:
+                # Its source's size is fixed; its rows are read once for NaN, block by
+                # block, so that a NaN never stops a chain midway.
+                stream.buffer.check_rows()
+                streams.append(stream)
+                continue
             users = ", ".join(repr(name) for name in self._observed_of_stream(number)) or "none"
             for position, (tensor, value) in enumerate(zip(data, values, strict=True)):
                 if value.dtype.kind in "fc" and np.isnan(value).any():
@@ -279,7 +314,8 @@ class MinibatchLogPosterior:
 
         Each term (a free variable's prior with its log-Jacobian, an observed variable's
         likelihood, a potential) is summed over every row of the data, one minibatch-sized
-        block of consecutive rows at a time, with the compiled minibatch graph.
+        block of consecutive rows at a time, with the compiled minibatch graph (for a
+        source streamed by :func:`pymc_sgmcmc.Minibatch`, the rows in its buffer).
         """
         if self._terms_function is None:
             self._terms_function = self._compile_terms()
@@ -310,15 +346,22 @@ class MinibatchLogPosterior:
         if not self.streams:
             yield []
             return
-        first = [
-            np.arange(stream.batch_size, dtype=stream.index.dtype) % stream.data_size
+        # A streamed source is swept over its buffer (the data of the current chunks).
+        sizes = [
+            stream.data_size
+            if stream.buffer is None
+            else stream.buffer.slots * stream.buffer.slot_rows
             for stream in self.streams
         ]
-        for number, stream in enumerate(self.streams):
-            for start in range(0, stream.data_size, stream.batch_size):
+        first = [
+            np.arange(stream.batch_size, dtype=stream.index.dtype) % size
+            for stream, size in zip(self.streams, sizes, strict=True)
+        ]
+        for number, (stream, size) in enumerate(zip(self.streams, sizes, strict=True)):
+            for start in range(0, size, stream.batch_size):
                 rows = np.arange(start, start + stream.batch_size)
                 indices = list(first)
-                indices[number] = np.minimum(rows, stream.data_size - 1).astype(stream.index.dtype)
+                indices[number] = np.minimum(rows, size - 1).astype(stream.index.dtype)
                 yield indices
 
     def split_by_stream(self):

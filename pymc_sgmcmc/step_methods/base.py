@@ -241,6 +241,10 @@ class StochasticGradientStep(BlockedStep):
         self.noise_estimate_interval = check_noise_estimate_interval(noise_estimate_interval)
 
         self._target = MinibatchLogPosterior(model, self.vars)
+        for buffer in self._target.buffers:
+            # Streamed rows are checked for NaN once, here, before any full-data pass;
+            # pm.sample's workers inherit the check.
+            buffer.check_rows()
         self._dtype = self._target.dtype
         self._size = self._target.size
         initial_point = model.initial_point()
@@ -262,6 +266,8 @@ class StochasticGradientStep(BlockedStep):
             )
         self.control_variate = self._resolve_control_variate(control_variate, gradient_estimator)
         self.gradient_estimator = self._gradient_estimator(gradient_estimator, mapped.data)
+        if type(self.gradient_estimator) is MinibatchGradient:
+            _warn_streamed_without_control_variate(self._target)
         value_names = {var.name: var.name for var in self.vars}
         value_names.update({model.values_to_rvs[var].name: var.name for var in self.vars})
         self.chain_start = ChainStart(
@@ -302,6 +308,13 @@ class StochasticGradientStep(BlockedStep):
         # Under JAX the noise and minibatches are drawn on the device, by kernels of a
         # fixed length: one per steps_per_draw, compiled when first needed.
         self._device_random = runs_on_jax(self._compile_kwargs)
+        if self._device_random and self._target.buffers:
+            raise NotImplementedError(
+                "Minibatches streamed from a chunked store (pymc_sgmcmc.Minibatch over zarr "
+                "or Dask) are drawn on the host, and the JAX backend draws them on the "
+                "device from data it holds there. Sample streamed data with the default "
+                "backend (no compile_kwargs mode), or load the data with pm.Minibatch."
+            )
         self._device_kernels: dict[int, NamedFunction] = {}
         self._process = os.getpid()
         self._kernel = (
@@ -638,6 +651,9 @@ class StochasticGradientStep(BlockedStep):
         # A child of the chain's generator: the same seed gives the same noise estimates,
         # and drawing their minibatches leaves the chain's own stream (its draws) untouched.
         self.noise_monitor.start_chain(self.rng.spawn(1)[0])
+        if self._target.buffers:
+            # The chunks a chain reads, from another child: the same seed, the same data.
+            self._target.start_chain(self.rng.spawn(1)[0])
         context = sampling_chain_context(tune, draws)
         self.chain_start.read_sample_arguments()
         self._chain = context.chain
@@ -808,6 +824,8 @@ class StochasticGradientStep(BlockedStep):
         self._logp, self._grad_norm = float(logp), float(grad_norm)
         self._sg_step += steps
         self._draw += 1
+        # Streamed data: fresh chunks in the buffer, read while the kernel ran.
+        self._target.after_draw(steps)
         self._last_position = new_position
         if self.tune and self.adapter.after_tuning_draw(
             self._draw, new_position, bool(diverged), steps
@@ -933,3 +951,23 @@ class StochasticGradientStep(BlockedStep):
         if has_grad and var.dtype not in discrete_dtypes:
             return Competence.COMPATIBLE
         return Competence.INCOMPATIBLE
+
+
+def _warn_streamed_without_control_variate(target) -> None:
+    """Plain minibatch gradients from a buffer of chunks follow the buffer's posterior."""
+    for stream in target.streams:
+        buffer = stream.buffer
+        if buffer is None:
+            continue
+        rows = buffer.slots * float(buffer.chunk_sizes.mean())
+        widening = np.sqrt(1 + stream.data_size / rows)
+        warn(
+            f"The minibatches come from a buffer of {buffer.slots} chunks (about {rows:.0f} "
+            f"rows) of the {stream.data_size} rows of a chunked store, and this sampler "
+            "uses plain minibatch gradients. Each gradient is unbiased, but the buffer "
+            "changes more slowly than the chain moves, so the chain follows the posterior "
+            "of the rows in the buffer, which wanders about the full posterior: expect "
+            f"draws up to {widening:.2g} times too wide (sqrt(1 + N / buffer rows)). Use "
+            "control variates (control_variate=True, which the defaults turn on where the "
+            "MAP search converges), whose noise from the buffer does not grow with N."
+        )

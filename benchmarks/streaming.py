@@ -1,0 +1,194 @@
+"""Data larger than memory: streamed (zarr) against in-memory minibatches.
+
+Writes synthetic logistic regressions to zarr stores (rows in random order, chunk by chunk,
+so the writer's memory stays bounded), then samples each with a sampler's defaults in a
+fresh process, the data either streamed through ``pymc_sgmcmc.Minibatch`` or loaded into
+``pm.Minibatch``, and records the start-up (step construction: NaN check, MAP search and
+curvature, all full-data passes), the SG steps per second while sampling, the posterior
+and the process's peak resident memory (the operating system's page cache, which holds
+the store's recently read chunks, is not the process's memory).
+
+    python benchmarks/streaming.py --directory /tmp/sgmcmc_streaming
+
+Results go to ``benchmarks/results/streaming.json`` and a table on standard output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+FEATURES = 56
+CHUNK_ROWS = 16_384
+RESULTS = pathlib.Path(__file__).parent / "results" / "streaming.json"
+
+
+def write(*, path: str, rows: int, features: int = FEATURES, chunk_rows: int = CHUNK_ROWS):
+    """A logistic regression of ``rows`` i.i.d. rows: X ~ N(0, 1), w ~ N(0, 1/d)."""
+    import zarr
+
+    root = zarr.open_group(path, mode="w")
+    X = root.create_array("X", shape=(rows, features), chunks=(chunk_rows, features), dtype="f8")
+    y = root.create_array("y", shape=(rows,), chunks=(chunk_rows,), dtype="i1")
+    true_w = np.random.default_rng(0).normal(0.0, 1.0 / np.sqrt(features), features)
+    for number, start in enumerate(range(0, rows, chunk_rows)):
+        rng = np.random.default_rng([1, number])
+        stop = min(start + chunk_rows, rows)
+        block = rng.standard_normal((stop - start, features))
+        X[start:stop] = block
+        y[start:stop] = rng.random(stop - start) < 1.0 / (1.0 + np.exp(-(block @ true_w)))
+    root.attrs["true_w"] = true_w.tolist()
+    return {"rows": rows, "bytes_on_disk": _size(path)}
+
+
+def sample(*, path: str, source: str, sampler: str, batch: int, draws: int, tune: int, **step):
+    """One run with ``sampler``'s defaults (plus ``step`` options), one chain."""
+    import logging
+
+    import pymc as pm
+    import zarr
+
+    import pymc_sgmcmc as sgmc
+
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    options = {key: step.pop(key) for key in ("row_reuse", "buffer_chunks") if key in step}
+    store = zarr.open_group(path, mode="r")
+    rows = store["y"].shape[0]
+    with pm.Model() as model:
+        if source == "memory":
+            X_batch, y_batch = pm.Minibatch(
+                np.asarray(store["X"]), np.asarray(store["y"], dtype=np.int32), batch_size=batch
+            )
+        else:
+            X_batch, y_batch = sgmc.Minibatch(store["X"], store["y"], batch_size=batch, **options)
+        w = pm.Normal("w", 0.0, 1.0, shape=store["X"].shape[1])
+        pm.Bernoulli("y", logit_p=X_batch @ w, observed=y_batch, total_size=rows)
+    start = time.perf_counter()
+    with model:
+        step_method = getattr(sgmc, sampler)(**step)
+    build = time.perf_counter() - start
+    marks = {}
+
+    def callback(trace, draw):
+        # The sampling phase starts at the first draw after tuning.
+        if not draw.tuning and "sampling" not in marks:
+            marks["sampling"] = time.perf_counter()
+
+    start = time.perf_counter()
+    idata = pm.sample(
+        step=step_method,
+        model=model,
+        draws=draws,
+        tune=tune,
+        chains=1,
+        cores=1,
+        random_seed=1,
+        progressbar=False,
+        compute_convergence_checks=False,
+        callback=callback,
+    )
+    end = time.perf_counter()
+    sampling_steps = float(idata.sample_stats["n_steps"].sum())
+    posterior = idata.posterior["w"].values.reshape(-1, store["X"].shape[1])
+    return {
+        "rows": rows,
+        "source": source,
+        "build_seconds": build,
+        "sample_seconds": end - start,
+        "sampling_steps_per_second": sampling_steps / (end - marks["sampling"]),
+        "steps_per_draw": float(idata.sample_stats["n_steps"].mean()),
+        "control_variate": step_method.control_variate is not None,
+        "mean": posterior.mean(axis=0).tolist(),
+        "sd": posterior.std(axis=0).tolist(),
+    }
+
+
+TASKS = {"write": write, "sample": sample}
+
+
+def _size(path) -> int:
+    return sum(file.stat().st_size for file in pathlib.Path(path).rglob("*") if file.is_file())
+
+
+def run_task(task: str, **arguments) -> dict:
+    output = subprocess.run(
+        [sys.executable, __file__, "--task", task, json.dumps(arguments)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def compare(first: dict, second: dict) -> dict:
+    """The largest mean difference (in posterior sds) and sd ratio between two runs."""
+    mean = np.asarray(first["mean"]) - np.asarray(second["mean"])
+    sd = np.asarray(second["sd"])
+    ratio = np.asarray(first["sd"]) / sd
+    return {
+        "max_mean_difference_sd": float(np.max(np.abs(mean) / sd)),
+        "sd_ratio_range": [float(ratio.min()), float(ratio.max())],
+    }
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--task":
+        result = TASKS[sys.argv[2]](**json.loads(sys.argv[3]))
+        # ru_maxrss is in KiB on Linux.
+        result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--directory", required=True, help="where the stores are written")
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
+    parser.add_argument("--sampler", default="SGLD")
+    parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--tune", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument(
+        "--memory-rows", type=int, default=1_000_000, help="the size run in memory too"
+    )
+    arguments = parser.parse_args()
+    directory = pathlib.Path(arguments.directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    results = {"stores": {}, "runs": []}
+    common = {
+        "sampler": arguments.sampler,
+        "batch": arguments.batch,
+        "draws": arguments.draws,
+        "tune": arguments.tune,
+    }
+    for rows in arguments.rows:
+        path = str(directory / f"logistic_{rows}.zarr")
+        if not pathlib.Path(path).exists():
+            start = time.perf_counter()
+            results["stores"][rows] = run_task("write", path=path, rows=rows)
+            results["stores"][rows]["write_seconds"] = time.perf_counter() - start
+        else:
+            results["stores"][rows] = {"rows": rows, "bytes_on_disk": _size(path)}
+        print(json.dumps(results["stores"][rows]), flush=True)
+        sources = ["zarr", "memory"] if rows == arguments.memory_rows else ["zarr"]
+        for source in sources:
+            run = run_task("sample", path=path, source=source, **common)
+            results["runs"].append(run)
+            print(json.dumps({k: v for k, v in run.items() if k not in ("mean", "sd")}), flush=True)
+    by_key = {(run["rows"], run["source"]): run for run in results["runs"]}
+    if (arguments.memory_rows, "memory") in by_key:
+        streamed, in_memory = (
+            by_key[arguments.memory_rows, "zarr"],
+            by_key[arguments.memory_rows, "memory"],
+        )
+        results["streamed_against_memory"] = compare(streamed, in_memory)
+        print(json.dumps(results["streamed_against_memory"]))
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
