@@ -158,7 +158,10 @@ def main() -> None:
     arguments = parser.parse_args()
     directory = pathlib.Path(arguments.directory)
     directory.mkdir(parents=True, exist_ok=True)
-    results = {"stores": {}, "runs": []}
+    # Runs of other sizes from earlier invocations are kept; a size run again is replaced.
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = {"stores": results.get("stores", {}), "runs": results.get("runs", [])}
+    results["runs"] = [run for run in results["runs"] if run["rows"] not in arguments.rows]
     common = {
         "sampler": arguments.sampler,
         "batch": arguments.batch,
@@ -169,11 +172,12 @@ def main() -> None:
         path = str(directory / f"logistic_{rows}.zarr")
         if not pathlib.Path(path).exists():
             start = time.perf_counter()
-            results["stores"][rows] = run_task("write", path=path, rows=rows)
-            results["stores"][rows]["write_seconds"] = time.perf_counter() - start
+            results["stores"][str(rows)] = run_task("write", path=path, rows=rows)
+            results["stores"][str(rows)]["write_seconds"] = time.perf_counter() - start
         else:
-            results["stores"][rows] = {"rows": rows, "bytes_on_disk": _size(path)}
-        print(json.dumps(results["stores"][rows]), flush=True)
+            results["stores"].setdefault(str(rows), {"rows": rows})
+            results["stores"][str(rows)]["bytes_on_disk"] = _size(path)
+        print(json.dumps(results["stores"][str(rows)]), flush=True)
         sources = ["zarr", "memory"] if rows == arguments.memory_rows else ["zarr"]
         for source in sources:
             run = run_task("sample", path=path, source=source, **common)

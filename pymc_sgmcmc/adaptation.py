@@ -104,19 +104,26 @@ def limited_step(discretisation: float, noise_rate: np.ndarray) -> float:
     return float(min(discretisation, NOISE_RATIO_TARGET / worst))
 
 
-def curvature_at(position: np.ndarray, gradient, *, relative_step: float = 1e-5) -> np.ndarray:
+def curvature_at(
+    position: np.ndarray, gradient, *, relative_step: float = 1e-5, gradients=None
+) -> np.ndarray:
     """``−∇² log π`` at ``position`` by central differences of ``gradient`` (symmetrised).
 
-    ``2d`` gradient evaluations, each step ``relative_step (1 + |θ_i|)``.
+    ``2d`` gradient evaluations, each step ``relative_step (1 + |θ_i|)``; all in one call
+    of ``gradients`` (positions in rows to gradients in rows) where it is given.
     """
     position = np.asarray(position, dtype=float)
     size = position.size
     steps = relative_step * (1.0 + np.abs(position))
-    curvature = np.empty((size, size))
-    for i in range(size):
-        shift = np.zeros(size)
-        shift[i] = steps[i]
-        curvature[i] = -(gradient(position + shift) - gradient(position - shift)) / (2 * steps[i])
+    shifts = np.diag(steps)
+    if gradients is not None:
+        values = gradients(np.concatenate([position + shifts, position - shifts]))
+        curvature = -(values[:size] - values[size:]) / (2 * steps[:, None])
+    else:
+        curvature = np.empty((size, size))
+        for i in range(size):
+            forward, backward = gradient(position + shifts[i]), gradient(position - shifts[i])
+            curvature[i] = -(forward - backward) / (2 * steps[i])
     return 0.5 * (curvature + curvature.T)
 
 

@@ -10,6 +10,7 @@ from helpers import MEAN_BIAS, assert_close, linear_gaussian_posterior, seed_for
 
 import pymc_sgmcmc as sgmc
 
+from pymc_sgmcmc.adaptation import curvature_at
 from pymc_sgmcmc.gradients.full_data import FullDataLogPosterior
 from pymc_sgmcmc.gradients.minibatch import MinibatchLogPosterior
 from pymc_sgmcmc.streaming import RowBuffer, RowSource
@@ -165,6 +166,13 @@ def test_streamed_full_data_passes_equal_the_in_memory_ones(store, data, tmp_pat
         np.testing.assert_allclose(streamed_gradient, gradient, rtol=1e-9, err_msg=name)
         np.testing.assert_allclose(streamed.gradients(positions), gradients, rtol=1e-9)
     assert len(names) == 4
+    # The zero-configuration curvature: from a store, its 2d gradients in one pass.
+    assert streamed.streamed and not reference.streamed
+    np.testing.assert_allclose(
+        curvature_at(positions[0], streamed.gradient, gradients=streamed.gradients),
+        curvature_at(positions[0], reference.gradient),
+        rtol=1e-6,
+    )
 
 
 # ---- sampling ------------------------------------------------------------------------------

@@ -217,17 +217,25 @@ class FullDataLogPosterior:
             )
         per_call = positive_int("positions_per_call", positions_per_call)
         fixed, chunks = self._many_positions_functions()
-        gradients = np.empty(positions.shape, dtype=float)
-        for start in range(0, positions.shape[0], per_call):
-            # Evaluated in floatX (float32 too), summed in float64.
-            typed = positions[start : start + per_call].astype(self.dtype)
-            gradient = np.array(fixed(typed)[0], dtype=float)
-            for stream, function in zip(self.streams, chunks, strict=True):
-                for chunk in self._stream_chunks(stream):
+        # Evaluated in floatX (float32 too), summed in float64.
+        groups = [
+            positions[start : start + per_call].astype(self.dtype)
+            for start in range(0, positions.shape[0], per_call)
+        ]
+        sums = [np.array(fixed(typed)[0], dtype=float) for typed in groups]
+        for stream, function in zip(self.streams, chunks, strict=True):
+            # The data outside, the positions inside: a streamed source is read once.
+            for chunk in self._stream_chunks(stream):
+                for typed, gradient in zip(groups, sums, strict=True):
                     gradient += function(typed, *chunk)[0]
-            gradients[start : start + per_call] = gradient
         self.evaluations += positions.shape[0]
-        return gradients
+        return np.concatenate(sums) if sums else np.empty(positions.shape, dtype=float)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether a pass reads a chunked store (:func:`pymc_sgmcmc.Minibatch`), so that
+        passes, not compiled calls, are what costs."""
+        return any(stream.buffer is not None for stream in self.streams)
 
     def find_map(self, start, *, maxiter: int = 1000) -> MaximumAPosteriori:
         """The maximum a posteriori point by L-BFGS on full-data passes.

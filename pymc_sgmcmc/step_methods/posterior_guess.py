@@ -71,7 +71,7 @@ class PosteriorGuess:
                 "the draws. Give initvals, or a longer tune, if the chains do not settle."
             )
             return cls(full_data, None, None)
-        curvature = _finite_or_none(curvature_at(map_result.position, full_data.gradient))
+        curvature = _finite_or_none(_curvature(full_data, map_result.position))
         if not map_result.converged:
             warn(
                 f"The MAP search behind the adaptation did not converge "
@@ -98,7 +98,7 @@ class PosteriorGuess:
             "removes the funnel."
         )
         start = np.asarray(start, dtype=float)
-        curvature = _finite_or_none(curvature_at(start, full_data.gradient))
+        curvature = _finite_or_none(_curvature(full_data, start))
         return cls(full_data, map_result, curvature, is_mode=False)
 
     @property
@@ -139,3 +139,10 @@ def _distance_to_mode(gradient: np.ndarray, curvature: np.ndarray | None) -> tup
             step = scale * vector
             slopes.append(abs(float(step @ gradient[positive])) / float(np.linalg.norm(step)))
     return distance, float(max(slopes, default=0.0))
+
+
+def _curvature(full_data, position) -> np.ndarray:
+    # From a store, the 2d gradients in one pass over the data, not 2d passes; in memory,
+    # one position at a time, which needs no vectorised function compiled.
+    batched = full_data.gradients if full_data.streamed else None
+    return curvature_at(position, full_data.gradient, gradients=batched)
