@@ -9,6 +9,7 @@ xarray, Dask) come through :func:`pymc_sgmcmc.Minibatch`;
 
 from pymc_sgmcmc import diagnostics, schedules
 from pymc_sgmcmc._warnings import MinibatchNoiseWarning, SamplerDivergenceWarning, SGMCMCWarning
+from pymc_sgmcmc.cluster import ChainFailure, sample
 from pymc_sgmcmc.cross_validation import loo
 from pymc_sgmcmc.full_data import full_data_model
 from pymc_sgmcmc.gradients import ControlVariate
@@ -25,6 +26,7 @@ __all__ = [
     "SGHMC",
     "SGNHT",
     "pSGLD",
+    "ChainFailure",
     "ControlVariate",
     "RMSprop",
     "InitialEvaluationError",
@@ -37,6 +39,7 @@ __all__ = [
     "diagnostics",
     "full_data_model",
     "loo",
+    "sample",
     "sample_posterior_predictive",
     "scale_step_size_for_budget",
     "schedules",

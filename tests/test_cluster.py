@@ -1,0 +1,116 @@
+"""Chains on a Dask cluster: the draws of pm.sample(cores=1), data read by the workers from
+the store, a failed chain reported and the others kept."""
+
+import numpy as np
+import pymc as pm
+import pytest
+
+from helpers import seed_for
+
+import pymc_sgmcmc as sgmc
+
+distributed = pytest.importorskip("distributed")
+zarr = pytest.importorskip("zarr")
+
+N, BATCH = 2_000, 50
+OPTIONS = {"draws": 30, "tune": 10, "compute_convergence_checks": False}
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    with distributed.Client(cluster) as client:
+        yield client
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    rng = np.random.default_rng(seed_for("cluster"))
+    X = rng.normal(size=(N, 2))
+    y = X @ np.array([1.0, -1.0]) + rng.normal(size=N)
+    root = zarr.open_group(str(tmp_path_factory.mktemp("cluster") / "data.zarr"), mode="w")
+    root.create_array("X", shape=X.shape, chunks=(250, 2), dtype="f8")[:] = X
+    root.create_array("y", shape=y.shape, chunks=(250,), dtype="f8")[:] = y
+    with pm.Model() as model:
+        X_batch, y_batch = sgmc.Minibatch(root["X"], root["y"], batch_size=BATCH)
+        w = pm.Normal("w", 0, 1, shape=2)
+        sigma = pm.HalfNormal("sigma", 1)
+        pm.Normal("y", X_batch @ w, sigma, observed=y_batch, total_size=N)
+    return model
+
+
+def make_step():
+    return sgmc.SGHMC(
+        step_size=1e-3, friction=50.0, steps_per_draw=3, control_variate=sgmc.ControlVariate()
+    )
+
+
+@pytest.mark.filterwarnings("ignore::pymc_sgmcmc.MinibatchNoiseWarning")
+def test_chains_on_a_cluster_draw_what_sequential_chains_draw(model, client):
+    with model:
+        sequential = pm.sample(
+            step=make_step(), chains=2, cores=1, random_seed=3, progressbar=False, **OPTIONS
+        )
+        on_cluster = sgmc.sample(
+            step=make_step(), chains=2, random_seed=3, client=client, **OPTIONS
+        )
+    for name in ("w", "sigma"):
+        np.testing.assert_array_equal(
+            on_cluster.posterior[name].values, sequential.posterior[name].values
+        )
+    np.testing.assert_array_equal(
+        on_cluster.sample_stats["step_size"].values, sequential.sample_stats["step_size"].values
+    )
+    assert list(on_cluster.posterior.chain.values) == [0, 1]
+    assert not np.allclose(on_cluster.posterior["w"][0], on_cluster.posterior["w"][1])
+
+
+@pytest.mark.filterwarnings("ignore::pymc_sgmcmc.MinibatchNoiseWarning")
+def test_a_failed_chain_is_reported_and_the_others_kept(model, client):
+    # Chain 1 starts where sigma's log density is not finite: it fails at its start.
+    initvals = [{}, {"w": np.array([np.nan, 0.0])}]
+    with model:
+        with pytest.warns(sgmc.SGMCMCWarning, match="Chain 1 failed"):
+            idata = sgmc.sample(
+                step=make_step(),
+                chains=2,
+                random_seed=3,
+                client=client,
+                initvals=initvals,
+                progressbar=False,
+                **OPTIONS,
+            )
+        sequential = pm.sample(
+            step=make_step(), chains=1, cores=1, random_seed=3, progressbar=False, **OPTIONS
+        )
+    assert list(idata.posterior.chain.values) == [0]
+    # Chain 0 of 2 draws what chain 0 of 1 draws (the first child of the seed).
+    np.testing.assert_array_equal(idata.posterior["w"].values, sequential.posterior["w"].values)
+
+
+def test_all_chains_failing_raise_with_every_error(model, client):
+    initvals = {"w": np.array([np.nan, 0.0])}
+    with model, pytest.warns(sgmc.SGMCMCWarning, match="failed"):
+        with pytest.raises(sgmc.ChainFailure, match="All 2 chains failed") as failure:
+            sgmc.sample(
+                step=make_step(),
+                chains=2,
+                random_seed=3,
+                client=client,
+                initvals=initvals,
+                progressbar=False,
+                **OPTIONS,
+            )
+    assert sorted(failure.value.failures) == [0, 1]
+
+
+def test_arguments_that_do_not_apply_are_refused(model):
+    with model:
+        step = make_step()
+        with pytest.raises(TypeError, match="`cores` does not apply"):
+            sgmc.sample(step=step, cores=2)
+        with pytest.raises(TypeError, match="`random_seed` must be an integer"):
+            sgmc.sample(step=step, random_seed=np.random.default_rng(1))
