@@ -10,7 +10,8 @@ the store's recently read chunks, is not the process's memory).
 
     python benchmarks/streaming.py --directory /tmp/sgmcmc_streaming
 
-Results go to ``benchmarks/results/streaming.json`` and a table on standard output.
+It also times two chains on a Dask ``LocalCluster`` of two worker processes
+(``pymc_sgmcmc.sample``) against ``pm.sample(cores=2)``. Results go to ``benchmarks/results/streaming.json`` and a table on standard output.
 """
 
 from __future__ import annotations
@@ -110,7 +111,54 @@ def sample(*, path: str, source: str, sampler: str, batch: int, draws: int, tune
     }
 
 
-TASKS = {"write": write, "sample": sample}
+def cluster(*, path: str, sampler: str, batch: int, draws: int, tune: int, chains: int = 2):
+    """Wall time of ``chains`` chains by ``pm.sample(cores=chains)`` and by
+    ``pymc_sgmcmc.sample`` on a LocalCluster of ``chains`` worker processes (its start
+    timed apart), one step built for both; and whether their draws agree."""
+    import logging
+
+    import distributed
+    import pymc as pm
+    import zarr
+
+    import pymc_sgmcmc as sgmc
+
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    store = zarr.open_group(path, mode="r")
+    rows = store["y"].shape[0]
+    with pm.Model() as model:
+        X_batch, y_batch = sgmc.Minibatch(store["X"], store["y"], batch_size=batch)
+        w = pm.Normal("w", 0.0, 1.0, shape=store["X"].shape[1])
+        pm.Bernoulli("y", logit_p=X_batch @ w, observed=y_batch, total_size=rows)
+        step = getattr(sgmc, sampler)()
+    options = {"draws": draws, "tune": tune, "chains": chains, "random_seed": 1}
+    options["compute_convergence_checks"] = False
+    start = time.perf_counter()
+    local = pm.sample(step=step, model=model, cores=chains, progressbar=False, **options)
+    local_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    cluster = distributed.LocalCluster(
+        n_workers=chains, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = distributed.Client(cluster)
+    start_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    remote = sgmc.sample(step=step, model=model, client=client, progressbar=False, **options)
+    cluster_seconds = time.perf_counter() - start
+    client.close()
+    cluster.close()
+    return {
+        "rows": rows,
+        "pm_sample_cores_seconds": local_seconds,
+        "cluster_start_seconds": start_seconds,
+        "cluster_sample_seconds": cluster_seconds,
+        "identical_draws": bool(
+            np.array_equal(local.posterior["w"].values, remote.posterior["w"].values)
+        ),
+    }
+
+
+TASKS = {"write": write, "sample": sample, "cluster": cluster}
 
 
 def _size(path) -> int:
@@ -155,13 +203,23 @@ def main() -> None:
     parser.add_argument(
         "--memory-rows", type=int, default=1_000_000, help="the size run in memory too"
     )
+    parser.add_argument(
+        "--cluster-rows", type=int, default=1_000_000, help="the size run on a LocalCluster"
+    )
     arguments = parser.parse_args()
     directory = pathlib.Path(arguments.directory)
     directory.mkdir(parents=True, exist_ok=True)
     # Runs of other sizes from earlier invocations are kept; a size run again is replaced.
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results = {"stores": results.get("stores", {}), "runs": results.get("runs", [])}
-    results["runs"] = [run for run in results["runs"] if run["rows"] not in arguments.rows]
+    planned = {
+        (rows, source)
+        for rows in arguments.rows
+        for source in (["zarr", "memory"] if rows == arguments.memory_rows else ["zarr"])
+    }
+    results["runs"] = [
+        run for run in results["runs"] if (run["rows"], run["source"]) not in planned
+    ]
     common = {
         "sampler": arguments.sampler,
         "batch": arguments.batch,
@@ -184,13 +242,16 @@ def main() -> None:
             results["runs"].append(run)
             print(json.dumps({k: v for k, v in run.items() if k not in ("mean", "sd")}), flush=True)
     by_key = {(run["rows"], run["source"]): run for run in results["runs"]}
-    if (arguments.memory_rows, "memory") in by_key:
-        streamed, in_memory = (
-            by_key[arguments.memory_rows, "zarr"],
-            by_key[arguments.memory_rows, "memory"],
-        )
-        results["streamed_against_memory"] = compare(streamed, in_memory)
-        print(json.dumps(results["streamed_against_memory"]))
+    results["streamed_against_memory"] = {
+        str(rows): compare(run, by_key[rows, "memory"])
+        for (rows, source), run in by_key.items()
+        if source == "zarr" and (rows, "memory") in by_key
+    }
+    print(json.dumps(results["streamed_against_memory"]))
+    if arguments.cluster_rows in arguments.rows:
+        path = str(directory / f"logistic_{arguments.cluster_rows}.zarr")
+        results["cluster"] = run_task("cluster", path=path, **common)
+        print(json.dumps(results["cluster"]), flush=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
 
 
