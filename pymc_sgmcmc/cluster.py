@@ -27,6 +27,7 @@ import xarray as xr
 
 from pymc_sgmcmc._validation import positive_int
 from pymc_sgmcmc._warnings import warn
+from pymc_sgmcmc.diagnostics._trace import group_dataset
 
 __all__ = ["ChainFailure", "sample"]
 
@@ -229,7 +230,7 @@ def _concatenate_chains(results: dict):
     names = list(first.children) if isinstance(first, xr.DataTree) else list(first.groups())
     groups = {}
     for name in names:
-        datasets = [_dataset(result[name]) for result in results.values()]
+        datasets = [group_dataset(result, name) for result in results.values()]
         if "chain" in datasets[0].dims:
             datasets = [
                 dataset.assign_coords(chain=[chain])
@@ -245,7 +246,3 @@ def _concatenate_chains(results: dict):
         tree.attrs = first.attrs
         return tree
     return type(first)(**groups)
-
-
-def _dataset(group) -> xr.Dataset:
-    return group.to_dataset() if hasattr(group, "to_dataset") else group

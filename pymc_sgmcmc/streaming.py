@@ -148,9 +148,8 @@ class RowSource:
         self.dtype = np.dtype(source.dtype)
         self.chunk_rows = _chunk_rows(source)
 
-    def read(self, start: int, stop: int, *, check: bool = True) -> np.ndarray:
-        """Rows ``start..stop-1`` as a NumPy array, checked for NaN unless ``check`` is
-        False."""
+    def read(self, start: int, stop: int, *, check: bool = False) -> np.ndarray:
+        """Rows ``start..stop-1`` as a NumPy array; with ``check``, NaN is refused."""
         block = self.array[start:stop]
         if _is_dask(block):
             # The reading thread waits anyway: Dask's own thread pool would only add work.
@@ -247,8 +246,7 @@ class RowBuffer:
         self._due = 0.0
         self._ahead = 2
         for slot, chunk in enumerate(self._draw_chunks(self.slots)):
-            # Before the first chain, NaN waits for the check at its start (check_rows).
-            self._place(slot, chunk, self._read_chunk(chunk, check=prefetch))
+            self._place(slot, chunk, self._read_chunk(chunk))
         if prefetch:
             self._prefetch()
 
@@ -290,9 +288,8 @@ class RowBuffer:
             future.cancel()
         self._pending.clear()
 
-    def _read_chunk(self, chunk: int, *, check: bool = True) -> list[np.ndarray]:
-        start, stop = int(self.starts[chunk]), int(self.starts[chunk + 1])
-        return self._read_rows(start, stop, check=check)
+    def _read_chunk(self, chunk: int) -> list[np.ndarray]:
+        return self._read_rows(int(self.starts[chunk]), int(self.starts[chunk + 1]))
 
     def _place(self, slot: int, chunk: int, blocks) -> None:
         size = int(self.chunk_sizes[chunk])
@@ -318,33 +315,36 @@ class RowBuffer:
         rows = rng.integers(0, self.slot_sizes[slots])
         return (slots * self.slot_rows + rows).astype(dtype)
 
-    def chunks(self, rows_per_chunk: int):
-        """The sources' rows in consecutive blocks of about ``rows_per_chunk`` (whole
-        chunks), each block read while the previous one is in use: ``(start, arrays)``."""
+    def chunks(self, rows_per_chunk: int, *, check: bool = False):
+        """The sources' rows in consecutive blocks of about ``rows_per_chunk`` rows (whole
+        chunks), each block read while the one before is in use; with ``check``, NaN is
+        refused."""
         per_block = max(1, rows_per_chunk // self.slot_rows)
-        bounds = list(self.starts[::per_block]) + [self.rows]
-        bounds = sorted(set(int(bound) for bound in bounds))
+        bounds = sorted({*(int(start) for start in self.starts[::per_block]), self.rows})
+        ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
-            ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
-            reads = deque()
-            for start, stop in ranges[:2]:
-                reads.append((start, executor.submit(self._read_rows, start, stop)))
-            for position in range(len(ranges)):
-                start, future = reads.popleft()
-                if position + 2 < len(ranges):
-                    ahead = ranges[position + 2]
-                    reads.append((ahead[0], executor.submit(self._read_rows, *ahead)))
-                yield start, future.result()
+
+            def read(rows):
+                return executor.submit(self._read_rows, *rows, check=check)
+
+            reads = deque(read(rows) for rows in ranges[:2])
+            for ahead in ranges[2:]:
+                current = reads.popleft()
+                reads.append(read(ahead))
+                yield current.result()
+            while reads:
+                yield reads.popleft().result()
 
     def check_rows(self) -> None:
-        """Read every row once (block by block) and refuse NaN, before a chain starts;
-        done once per process."""
+        """Read every row once (block by block) and refuse NaN, before any chain starts
+        or full-data pass runs; the only NaN check the rows need, since the store is
+        read-only here. Done once; pickled copies inherit it."""
         if not self._checked:
-            for _ in self.chunks(CHECK_BLOCK_ROWS):
+            for _ in self.chunks(CHECK_BLOCK_ROWS, check=True):
                 pass
             self._checked = True
 
-    def _read_rows(self, start: int, stop: int, *, check: bool = True) -> list[np.ndarray]:
+    def _read_rows(self, start: int, stop: int, *, check: bool = False) -> list[np.ndarray]:
         return [
             source.read(start, stop, check=check).astype(dtype, copy=False)
             for source, dtype in zip(self.sources, self.dtypes, strict=True)

@@ -68,21 +68,26 @@ def test_chains_on_a_cluster_draw_what_sequential_chains_draw(model, client):
     assert not np.allclose(on_cluster.posterior["w"][0], on_cluster.posterior["w"][1])
 
 
+def sample_on(client, initvals):
+    """Two chains on the cluster from ``initvals``, seed 3, without progress bars."""
+    return sgmc.sample(
+        step=make_step(),
+        chains=2,
+        random_seed=3,
+        client=client,
+        initvals=initvals,
+        progressbar=False,
+        **OPTIONS,
+    )
+
+
 @pytest.mark.filterwarnings("ignore::pymc_sgmcmc.MinibatchNoiseWarning")
 def test_a_failed_chain_is_reported_and_the_others_kept(model, client):
-    # Chain 1 starts where sigma's log density is not finite: it fails at its start.
+    # Chain 1 starts at a NaN coefficient: it fails at its start.
     initvals = [{}, {"w": np.array([np.nan, 0.0])}]
     with model:
         with pytest.warns(sgmc.SGMCMCWarning, match="Chain 1 failed"):
-            idata = sgmc.sample(
-                step=make_step(),
-                chains=2,
-                random_seed=3,
-                client=client,
-                initvals=initvals,
-                progressbar=False,
-                **OPTIONS,
-            )
+            idata = sample_on(client, initvals)
         sequential = pm.sample(
             step=make_step(), chains=1, cores=1, random_seed=3, progressbar=False, **OPTIONS
         )
@@ -95,15 +100,7 @@ def test_all_chains_failing_raise_with_every_error(model, client):
     initvals = {"w": np.array([np.nan, 0.0])}
     with model, pytest.warns(sgmc.SGMCMCWarning, match="failed"):
         with pytest.raises(sgmc.ChainFailure, match="All 2 chains failed") as failure:
-            sgmc.sample(
-                step=make_step(),
-                chains=2,
-                random_seed=3,
-                client=client,
-                initvals=initvals,
-                progressbar=False,
-                **OPTIONS,
-            )
+            sample_on(client, initvals)
     assert sorted(failure.value.failures) == [0, 1]
 
 

@@ -139,27 +139,26 @@ class FullDataLogPosterior:
     def _stream_chunks(self, stream):
         """The inputs of a chunk's function, covering rows ``0..N-1`` once: ``(indices,
         weights)`` matrices, and for a streamed source the block of rows they index."""
-        batch, rows = stream.batch_size, stream.data_size
-        weight = batch / rows
-        if stream.buffer is not None:
-            for _start, blocks in stream.buffer.chunks(self.chunk_size):
-                count = blocks[0].shape[0]
-                padded = -(-count // batch) * batch
-                indices = np.zeros(padded, dtype=stream.index.dtype)
-                indices[:count] = np.arange(count)
-                weights = np.zeros(padded, dtype=self.dtype)
-                weights[:count] = weight
-                yield indices.reshape(-1, batch), weights.reshape(-1, batch), *blocks
-            return
-        per_chunk = max(1, self.chunk_size // batch) * batch
-        for start in range(0, rows, per_chunk):
-            count = min(per_chunk, rows - start)
+        batch = stream.batch_size
+        weight = batch / stream.data_size
+        for first, count, blocks in self._row_blocks(stream):
             padded = -(-count // batch) * batch
             indices = np.zeros(padded, dtype=stream.index.dtype)
-            indices[:count] = np.arange(start, start + count)
+            indices[:count] = np.arange(first, first + count)
             weights = np.zeros(padded, dtype=self.dtype)
             weights[:count] = weight
-            yield indices.reshape(-1, batch), weights.reshape(-1, batch)
+            yield indices.reshape(-1, batch), weights.reshape(-1, batch), *blocks
+
+    def _row_blocks(self, stream):
+        """``(first index, rows, data)`` per chunk: rows of the data in the graph, or of a
+        streamed source's block (read here, indexed from 0)."""
+        if stream.buffer is not None:
+            for blocks in stream.buffer.chunks(self.chunk_size):
+                yield 0, blocks[0].shape[0], blocks
+            return
+        per_chunk = max(1, self.chunk_size // stream.batch_size) * stream.batch_size
+        for start in range(0, stream.data_size, per_chunk):
+            yield start, min(per_chunk, stream.data_size - start), ()
 
     def logp_and_gradient(self, position) -> tuple[float, np.ndarray]:
         """``(log π(θ), ∇ log π(θ))`` at a raveled position, one pass over the data."""
