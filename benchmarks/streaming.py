@@ -11,7 +11,9 @@ the store's recently read chunks, is not the process's memory).
     python benchmarks/streaming.py --directory /tmp/sgmcmc_streaming
 
 It also times two chains on a Dask ``LocalCluster`` of two worker processes
-(``pymc_sgmcmc.sample``) against ``pm.sample(cores=2)``. Results go to ``benchmarks/results/streaming.json`` and a table on standard output.
+(``pymc_sgmcmc.sample``) against ``pm.sample(cores=2)``, and the tools after sampling
+(a posterior predictive statistic, PSIS-LOO) on the largest store
+(``--only-after-sampling`` runs them alone). Results go to ``benchmarks/results/streaming.json`` and a table on standard output.
 """
 
 from __future__ import annotations
@@ -158,7 +160,63 @@ def cluster(*, path: str, sampler: str, batch: int, draws: int, tune: int, chain
     }
 
 
-TASKS = {"write": write, "sample": sample, "cluster": cluster}
+def after_sampling(*, path: str, sampler: str, batch: int, draws: int, tune: int, kept: int = 100):
+    """The tools after sampling on the streamed model: one chain of ``sampler``'s
+    defaults, then a posterior predictive statistic per draw (computed block by block
+    from the lazy draws of ``kept`` draws) and PSIS-LOO (subsampled when the
+    draws × N matrix exceeds the memory budget), each timed, with the peak memory after
+    sampling and after each tool."""
+    import logging
+
+    import pymc as pm
+    import zarr
+
+    import pymc_sgmcmc as sgmc
+
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    store = zarr.open_group(path, mode="r")
+    rows = store["y"].shape[0]
+    with pm.Model() as model:
+        X_batch, y_batch = sgmc.Minibatch(store["X"], store["y"], batch_size=batch)
+        w = pm.Normal("w", 0.0, 1.0, shape=store["X"].shape[1])
+        pm.Bernoulli("y", logit_p=X_batch @ w, observed=y_batch, total_size=rows)
+        idata = pm.sample(
+            step=getattr(sgmc, sampler)(),
+            draws=draws,
+            tune=tune,
+            chains=1,
+            random_seed=1,
+            progressbar=False,
+            compute_convergence_checks=False,
+        )
+    result = {"rows": rows, "peak_memory_after_sampling_mb": _peak_mb()}
+    start = time.perf_counter()
+    predictive = sgmc.sample_posterior_predictive(idata, model, max_draws=kept, random_seed=2)
+    share = predictive["posterior_predictive"]["y"].mean("y_dim_0").values
+    result["predictive_seconds"] = time.perf_counter() - start
+    result["predictive_draws"] = int(share.size)
+    result["predictive_share_of_ones"] = [float(share.mean()), float(share.std())]
+    result["observed_share_of_ones"] = float(predictive["observed_data"]["y"].mean().values)
+    result["peak_memory_after_predictive_mb"] = _peak_mb()
+    start = time.perf_counter()
+    loo = sgmc.loo(idata, model, random_seed=3)
+    result["loo_seconds"] = time.perf_counter() - start
+    result["loo"] = {
+        key: float(getattr(loo, key))
+        for key in ("elpd", "se", "subsampling_se", "elpd_loo")
+        if hasattr(loo, key) and np.ndim(getattr(loo, key)) == 0
+    }
+    result["loo_subsampled"] = hasattr(loo, "subsampling_se")
+    result["peak_memory_after_loo_mb"] = _peak_mb()
+    return result
+
+
+def _peak_mb() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+TASKS = {"write": write, "sample": sample, "cluster": cluster, "after_sampling": after_sampling}
 
 
 def _size(path) -> int:
@@ -189,8 +247,7 @@ def compare(first: dict, second: dict) -> dict:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--task":
         result = TASKS[sys.argv[2]](**json.loads(sys.argv[3]))
-        # ru_maxrss is in KiB on Linux.
-        result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_memory_mb"] = _peak_mb()
         print(json.dumps(result))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -205,6 +262,17 @@ def main() -> None:
     )
     parser.add_argument(
         "--cluster-rows", type=int, default=1_000_000, help="the size run on a LocalCluster"
+    )
+    parser.add_argument(
+        "--after-sampling-rows",
+        type=int,
+        default=10_000_000,
+        help="the size whose posterior predictive and LOO are timed",
+    )
+    parser.add_argument(
+        "--only-after-sampling",
+        action="store_true",
+        help="run the tools after sampling alone (on a store written before)",
     )
     arguments = parser.parse_args()
     directory = pathlib.Path(arguments.directory)
@@ -226,6 +294,8 @@ def main() -> None:
         "draws": arguments.draws,
         "tune": arguments.tune,
     }
+    if arguments.only_after_sampling:
+        arguments.rows = []
     for rows in arguments.rows:
         path = str(directory / f"logistic_{rows}.zarr")
         if not pathlib.Path(path).exists():
@@ -252,6 +322,12 @@ def main() -> None:
         path = str(directory / f"logistic_{arguments.cluster_rows}.zarr")
         results["cluster"] = run_task("cluster", path=path, **common)
         print(json.dumps(results["cluster"]), flush=True)
+    path = directory / f"logistic_{arguments.after_sampling_rows}.zarr"
+    if arguments.only_after_sampling or arguments.after_sampling_rows in arguments.rows:
+        if not path.exists():
+            run_task("write", path=str(path), rows=arguments.after_sampling_rows)
+        results["after_sampling"] = run_task("after_sampling", path=str(path), **common)
+        print(json.dumps(results["after_sampling"]), flush=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
 
 

@@ -37,6 +37,7 @@ from pytensor.graph.traversal import ancestors, graph_inputs
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
+from pymc_sgmcmc._blocks import BlockFunction, block_model, lazy_over_rows, rows_per_task
 from pymc_sgmcmc._compat import compile_function
 from pymc_sgmcmc._validation import optional_positive_int
 from pymc_sgmcmc._warnings import warn
@@ -80,6 +81,10 @@ def loo(
     approximation ``method="plpd"``) runs on ``subsample`` random observations: the
     log-likelihood of every draw is evaluated only at those rows, and at the posterior
     mean for all ``N`` rows (the control variate of the difference estimator).
+
+    On a model that streams its data from a store (:func:`pymc_sgmcmc.Minibatch`), the
+    rows are read block by block as Dask tasks (on a cluster's workers when a
+    ``distributed.Client`` is active), and the subsample's rows chunk by chunk.
 
     Parameters
     ----------
@@ -162,11 +167,9 @@ def loo(
         raise TypeError(f"`pointwise` must be a bool, got {pointwise!r}.")
     draws_rng, rows_rng = np.random.default_rng(random_seed).spawn(2)
 
-    full = full_data_model(model)
-    observed = _observed_variable(full, var_name)
     posterior = _selected_posterior(idata, thin, max_draws, draws_rng)
-    draws = _free_variable_draws(full, posterior)
-    evaluator = _PointwiseLogLikelihood(full, observed, [values[:1] for values in draws])
+    evaluator, draws = _evaluator(model, var_name, posterior)
+    observed = evaluator.observed
 
     n_samples = posterior.sizes["chain"] * posterior.sizes["draw"]
     n_points = evaluator.n_points
@@ -218,6 +221,9 @@ def pointwise_log_likelihood(
     What ``pm.compute_log_likelihood`` computes on a model without ``pm.Minibatch``, for a
     minibatch model too (on its full data, without the ``total_size`` scaling), evaluated
     a chunk of rows at a time for all draws. It takes ``8 × draws × observations`` bytes.
+    On a model that streams its data from a store (:func:`pymc_sgmcmc.Minibatch`), it is
+    a lazy Dask array instead, one task per block of ``chunk_size`` rows (whole chunks of
+    the store) that reads its rows where it runs.
 
     Parameters
     ----------
@@ -229,18 +235,32 @@ def pointwise_log_likelihood(
     xarray.DataArray
         Named after the observed variable, with dims ``("chain", "draw", *obs_dims)``; the
         observation dims are the variable's model dims where they fit, else
-        ``"{var_name}_dim_{i}"`` as ArviZ names them. Store it as
+        ``"{var_name}_dim_{i}"`` as ArviZ names them; Dask-backed for a streamed model
+        (``.compute()``, ``.to_zarr()``, or reductions that hold one block at a time).
+        Store it as
         ``idata["log_likelihood"] = result.to_dataset()`` (``xr.Dataset`` on ArviZ 0.x:
         ``idata.add_groups(log_likelihood=result.to_dataset())``).
     """
     model = modelcontext(model)
     chunk_size = optional_positive_int("chunk_size", chunk_size)
-    full = full_data_model(model)
-    observed = _observed_variable(full, var_name)
     posterior = _selected_posterior(idata, thin, max_draws, np.random.default_rng(random_seed))
-    draws = _free_variable_draws(full, posterior)
-    evaluator = _PointwiseLogLikelihood(full, observed, [values[:1] for values in draws])
+    evaluator, draws = _evaluator(model, var_name, posterior)
+    if isinstance(evaluator, _StreamedLogLikelihood):
+        return evaluator.data_array(evaluator.lazy(draws, posterior, chunk_size), posterior)
     return evaluator.data_array(evaluator.evaluate(draws, None, chunk_size), posterior)
+
+
+def _evaluator(model, var_name, posterior):
+    """The pointwise log-likelihood of ``model`` (on its full data, or streamed block by
+    block) and the posterior's draws of its free variables."""
+    blocks = block_model(model)
+    full = full_data_model(model) if blocks is None else blocks.model
+    observed = _observed_variable(full, var_name)
+    draws = _free_variable_draws(full, posterior)
+    reference = [values[:1] for values in draws]
+    if blocks is None:
+        return _PointwiseLogLikelihood(full, observed, reference), draws
+    return _StreamedLogLikelihood(blocks, observed, reference), draws
 
 
 # --------------------------------------------------------------------------------------
@@ -329,6 +349,7 @@ class _PointwiseLogLikelihood:
 
     def __init__(self, model, observed, reference_draw):
         self.model = model
+        self.observed = observed
         self.var_name = observed.name
         free_rvs = list(model.free_RVs)
         placeholders = {rv: rv.type(name=rv.name) for rv in free_rvs}
@@ -433,6 +454,69 @@ class _PointwiseLogLikelihood:
         return xr.DataArray(
             values.reshape(shape), dims=("chain", "draw", *dims), coords=coords, name=self.var_name
         )
+
+
+class _StreamedLogLikelihood(_PointwiseLogLikelihood):
+    """The pointwise log-likelihood of a model whose data are streamed from a store: the
+    model on a block of rows (:class:`pymc_sgmcmc._blocks.BlockModel`), evaluated block by
+    block as Dask tasks that read their rows from the store."""
+
+    def __init__(self, blocks, observed, reference_draw):
+        self.blocks = blocks
+        self.model = blocks.model
+        self.observed = observed
+        self.var_name = observed.name
+        placeholders = {rv: rv.type(name=rv.name) for rv in self.model.free_RVs}
+        self._inputs = list(placeholders.values())
+        graph = _log_likelihood_graph(self.model, observed, placeholders)
+        graph, block_inputs = blocks.block_inputs(graph)
+        self.function = BlockFunction(self._inputs, block_inputs, graph)
+        reference = self.function(self._cast(reference_draw), blocks.reader.read(0, 1))[0]
+        if reference.ndim == 0:
+            raise ValueError(
+                f"The log-likelihood of {observed.name!r} is a single number: there are no "
+                "observations to leave out one at a time."
+            )
+        if reference.shape[0] != 1:
+            raise ValueError(
+                f"The log-likelihood of {observed.name!r} on one row of the streamed data has "
+                f"{reference.shape[0]} rows: it does not have the rows of the data on its "
+                "first axis, so it cannot be evaluated block by block."
+            )
+        self.point_shape = (blocks.rows, *reference.shape[1:])
+        self.n_points = int(np.prod(self.point_shape))
+        self._some_rows = True
+
+    def lazy(self, draws, posterior, chunk_size=None):
+        """The (chain, draw, *point_shape) log-likelihood as a Dask array, one task per
+        block of ``chunk_size`` rows (whole chunks of the store)."""
+        leading = (posterior.sizes["chain"], posterior.sizes["draw"])
+        return lazy_over_rows(
+            self.function,
+            self.blocks.reader,
+            self._cast(draws),
+            leading,
+            self.point_shape[1:],
+            block_rows=self._block_rows(draws, chunk_size),
+        )
+
+    def _block_rows(self, draws, chunk_size):
+        row_size = self.n_points // self.point_shape[0]
+        return chunk_size or rows_per_task(draws[0].shape[0], row_size, _CHUNK_ELEMENTS)
+
+    def evaluate(self, draws, rows, chunk_size) -> np.ndarray:
+        draws = self._cast(draws)
+        if rows is not None:
+            return self.function(draws, self.blocks.reader.take(rows))
+        lazy = lazy_over_rows(
+            self.function,
+            self.blocks.reader,
+            draws,
+            (draws[0].shape[0],),
+            self.point_shape[1:],
+            block_rows=self._block_rows(draws, chunk_size),
+        )
+        return np.asarray(lazy.compute(), dtype=np.float64)
 
 
 def _log_likelihood_graph(model, observed, placeholders):

@@ -85,25 +85,32 @@ def full_data_model(model: pm.Model, *, initvals: bool = True) -> pm.Model:
     outputs = _minibatch_outputs(model_vars)
     if not outputs:
         return model
-    streamed = {
-        tensor.name
-        for output in outputs
-        for tensor in output.owner.inputs
-        if getattr(tensor.tag, "row_buffer", None) is not None
-    }
-    if streamed:
+    if streamed_buffers(outputs):
         raise NotImplementedError(
-            f"The model streams its data from a chunked store (pymc_sgmcmc.Minibatch: "
-            f"{sorted(streamed)}); a full-data copy of it would hold every row in memory, "
-            "and the tools built on one (posterior predictive, LOO, deterministics on the "
-            "full data) do not stream yet. The full-data passes of sampling (control "
-            "variates, MAP, kernel Stein discrepancy) do. Where the data fit in memory, "
-            "build the model with pm.Minibatch(numpy_array, ...) for these tools."
+            "The model streams its data from a chunked store (pymc_sgmcmc.Minibatch): a "
+            "full-data copy of it would hold every row in memory. The tools after sampling "
+            "stream its rows block by block instead: pymc_sgmcmc.sample_posterior_predictive, "
+            "pymc_sgmcmc.loo and pymc_sgmcmc.pointwise_log_likelihood (as do the full-data "
+            "passes of sampling and the kernel Stein discrepancy)."
         )
+    return _rebuilt(model, initvals=initvals)
+
+
+def _rebuilt(model, *, initvals: bool, data: dict | None = None) -> pm.Model:
+    """The full-data copy; ``data`` maps data variables of the graph (a streamed
+    source's buffer) to the variables that replace them in the copy."""
     batched_observed = _check_minibatch_use(model)
 
     fgraph = _fgraph_without_initvals(model)
-    memo = _rebuild_on_full_data(fgraph, batched_observed)
+    # The fgraph holds copies of the model's shared variables (with their tags).
+    memo = {
+        copy: data[original]
+        for copy in fgraph.inputs
+        for original in data or {}
+        if copy.name == original.name
+        and getattr(copy.tag, "row_buffer", None) is getattr(original.tag, "row_buffer", False)
+    }
+    memo = _rebuild_on_full_data(fgraph, batched_observed, memo)
     outputs = [memo.get(out, out) for out in fgraph.outputs]
     full = FunctionGraph(outputs=outputs, clone=False)
     # model_from_fgraph reads the coords and dim lengths from these private attributes.
@@ -120,6 +127,17 @@ def full_data_model(model: pm.Model, *, initvals: bool = True) -> pm.Model:
         if initvals and initval is not None:
             new_model.set_initval(new_model[rv.name], _initval_in(initval, model, new_model))
     return new_model
+
+
+def streamed_buffers(minibatch_outputs) -> list:
+    """The row buffers (of :func:`pymc_sgmcmc.Minibatch`) behind minibatch outputs."""
+    buffers = []
+    for output in minibatch_outputs:
+        for tensor in output.owner.inputs:
+            buffer = getattr(tensor.tag, "row_buffer", None)
+            if buffer is not None and all(buffer is not known for known in buffers):
+                buffers.append(buffer)
+    return buffers
 
 
 def _minibatch_outputs(variables) -> set[Variable]:
@@ -167,7 +185,7 @@ def _fgraph_without_initvals(model) -> FunctionGraph:
     return fgraph
 
 
-def _rebuild_on_full_data(fgraph, batched_observed) -> dict[Variable, Variable]:
+def _rebuild_on_full_data(fgraph, batched_observed, memo) -> dict[Variable, Variable]:
     """Rebuild the fgraph's nodes on the full data; returns the old-to-new variable map.
 
     ``clone_replace(..., rebuild_strict=False)`` re-creates every node below a minibatch
@@ -188,7 +206,6 @@ def _rebuild_on_full_data(fgraph, batched_observed) -> dict[Variable, Variable]:
                 resize[rv.owner] = value
             values.append(value)
 
-    memo: dict[Variable, Variable] = {}
     done = set()
     # Values depend on data only: rebuild them first, the distributions are resized to them.
     for node in [*toposort(values), *fgraph.toposort()]:

@@ -15,8 +15,20 @@ import pymc as pm
 import xarray as xr
 
 from pymc.model import modelcontext
+from pytensor.graph.replace import clone_replace
+from pytensor.graph.traversal import graph_inputs
+from pytensor.tensor.random.type import RandomGeneratorType
 
+from pymc_sgmcmc._blocks import (
+    BlockFunction,
+    block_model,
+    block_seeds,
+    lazy_over_rows,
+    rows_per_task,
+)
+from pymc_sgmcmc._compat import PYMC_MAJOR
 from pymc_sgmcmc._validation import optional_positive_int, positive_int
+from pymc_sgmcmc.diagnostics._trace import stacked_draws
 from pymc_sgmcmc.full_data import full_data_model
 
 __all__ = ["sample_posterior_predictive"]
@@ -39,6 +51,14 @@ def sample_posterior_predictive(
     (:func:`pymc_sgmcmc.full_data_model`), for every ``thin``-th draw of each chain and at
     most ``max_draws`` of them (evenly spaced), computed ``draws_per_chunk`` draws at a
     time.
+
+    On a model that streams its data from a store (:func:`pymc_sgmcmc.Minibatch`) the
+    observed variables' draws are lazy Dask arrays instead: one task per block of whole
+    chunks reads its rows from the store (on a cluster's workers when a
+    ``distributed.Client`` is active) and draws them for all kept draws, seeded by a
+    child of ``random_seed`` per block, so the result does not depend on which worker
+    runs which task. ``draws_per_chunk`` does not apply; ``var_names`` must name observed
+    variables. For predictions, build the model over a store of the new rows.
 
     Parameters
     ----------
@@ -67,7 +87,8 @@ def sample_posterior_predictive(
     arviz.InferenceData or xarray.DataTree
         What ``pm.sample_posterior_predictive`` returns (with ``observed_data``), its
         predictive group holding the kept draws, ``(chain, draw, *rows)`` per variable.
-        The memory it needs is about ``chains × draws × N × 8`` bytes per variable.
+        The memory it needs is about ``chains × draws × N × 8`` bytes per variable (for a
+        streamed model, one task's block per thread until the result is computed).
     """
     model = modelcontext(model)
     thin = optional_positive_int("thin", thin)
@@ -79,6 +100,9 @@ def sample_posterior_predictive(
     draws = np.arange(posterior.sizes["draw"])[:: thin or 1]
     if max_draws is not None and draws.size > max_draws:
         draws = draws[np.round(np.linspace(0, draws.size - 1, max_draws)).astype(int)]
+    blocks = block_model(model)
+    if blocks is not None:
+        return _streamed(blocks, posterior.isel(draw=draws), var_names, predictions, random_seed)
     full = full_data_model(model)
     group = "predictions" if predictions else "posterior_predictive"
     chunks = [
@@ -98,6 +122,89 @@ def sample_posterior_predictive(
     ]
     combined = xr.concat([_dataset(result[group]) for result in results], dim="draw")
     return _replace_group(results[0], group, combined)
+
+
+def _streamed(blocks, posterior, var_names, predictions, random_seed):
+    """The posterior predictive of a streamed model, as Dask arrays over the store's rows."""
+    model = blocks.model
+    names = [rv.name for rv in model.observed_RVs] if var_names is None else list(var_names)
+    observed = {rv.name: rv for rv in model.observed_RVs}
+    unknown = [name for name in names if name not in observed]
+    if unknown:
+        raise ValueError(
+            f"{unknown} are not observed variables of the model ({sorted(observed)}): on a "
+            "model streamed from a store, the posterior predictive draws observed variables "
+            "(their rows come from the store's blocks)."
+        )
+    free = list(model.free_RVs)
+    missing = [rv.name for rv in free if rv.name not in posterior]
+    if missing:
+        raise ValueError(f"The posterior lacks the model's free variable(s) {missing}.")
+    shapes = model.eval_rv_shapes()
+    draws = [stacked_draws(posterior, rv.name, shapes[rv.name]) for rv in free]
+    leading = (posterior.sizes["chain"], posterior.sizes["draw"])
+    coords = {name: posterior[name].values for name in ("chain", "draw")}
+    seeds = np.random.SeedSequence(random_seed).spawn(len(names))
+
+    predictive, data = {}, {}
+    for name, seed in zip(names, seeds, strict=True):
+        rv = observed[name]
+        placeholders = [free_rv.type(name=free_rv.name) for free_rv in free]
+        graph, rngs = _forward_graph(model, rv, dict(zip(free, placeholders, strict=True)))
+        graph, block_inputs = blocks.block_inputs(graph)
+        function = BlockFunction(placeholders, block_inputs, graph, rngs)
+        draws_cast = function.cast(draws)
+        first = function([values[:1] for values in draws_cast], blocks.reader.read(0, 1), 0)[0]
+        _check_rows(name, first)
+        block_rows = rows_per_task(draws[0].shape[0], int(np.prod(first.shape[1:])))
+        values = lazy_over_rows(
+            function,
+            blocks.reader,
+            draws_cast,
+            leading,
+            first.shape[1:],
+            block_rows=block_rows,
+            seeds=block_seeds(seed, blocks.reader, block_rows),
+        )
+        dims = [f"{name}_dim_{axis}" for axis in range(first.ndim)]
+        predictive[name] = xr.DataArray(values, dims=("chain", "draw", *dims), coords=coords)
+        if not predictions:
+            value, value_inputs = blocks.block_inputs(model.rvs_to_values[rv])
+            rows = BlockFunction([], value_inputs, value)
+            data[name] = xr.DataArray(
+                lazy_over_rows(rows, blocks.reader, [], (), first.shape[1:], block_rows=2**16),
+                dims=dims,
+            )
+    groups = {"predictions" if predictions else "posterior_predictive": xr.Dataset(predictive)}
+    if not predictions:
+        groups["observed_data"] = xr.Dataset(data)
+    if PYMC_MAJOR >= 6:
+        return xr.DataTree.from_dict(groups)
+    import arviz as az
+
+    return az.InferenceData(**groups)
+
+
+def _forward_graph(model, rv, placeholders):
+    """The draw of ``rv`` given the free variables' ``placeholders`` (the other observed
+    variables at their data, as PyMC's posterior predictive takes them), with the
+    generators it draws with as inputs."""
+    others = {other: model.rvs_to_values[other] for other in model.observed_RVs if other is not rv}
+    graph = clone_replace(rv, {**placeholders, **others})
+    shared_rngs = [
+        var for var in graph_inputs([graph]) if isinstance(var.type, RandomGeneratorType)
+    ]
+    rngs = [var.type() for var in shared_rngs]
+    return clone_replace(graph, dict(zip(shared_rngs, rngs, strict=True))), rngs
+
+
+def _check_rows(name, first):
+    if first.ndim == 0 or first.shape[0] != 1:
+        raise ValueError(
+            f"The observed variable {name!r} does not have the rows of the streamed data on "
+            f"its first axis (drawn on one row it has shape {first.shape}), so its posterior "
+            "predictive cannot be drawn block by block."
+        )
 
 
 def _dataset(group) -> xr.Dataset:

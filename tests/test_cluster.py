@@ -5,9 +5,11 @@ import numpy as np
 import pymc as pm
 import pytest
 
-from helpers import seed_for
+from helpers import make_idata, seed_for
 
 import pymc_sgmcmc as sgmc
+
+from pymc_sgmcmc.cross_validation import pointwise_log_likelihood
 
 distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
@@ -111,3 +113,30 @@ def test_arguments_that_do_not_apply_are_refused(model):
             sgmc.sample(step=step, cores=2)
         with pytest.raises(TypeError, match="`random_seed` must be an integer"):
             sgmc.sample(step=step, random_seed=np.random.default_rng(1))
+
+
+def test_the_tools_after_sampling_run_on_the_workers(model, client):
+    rng = np.random.default_rng(seed_for("cluster, after sampling"))
+    idata = make_idata(
+        posterior={
+            "w": rng.normal([1.0, -1.0], 0.03, size=(2, 20, 2)),
+            "sigma": rng.uniform(0.9, 1.1, size=(2, 20)),
+        }
+    )
+    # The local scheduler's result; then the same graph with the client active: 8 tasks
+    # of 250 rows, each reading its rows from the store where it runs.
+    local = pointwise_log_likelihood(idata, model, chunk_size=250).data.compute(scheduler="sync")
+    with distributed.get_task_stream(client) as stream:
+        on_cluster = pointwise_log_likelihood(idata, model, chunk_size=250).values
+    # Equal to rounding: a worker compiles the graph itself, and with cold compile caches
+    # its code may round differently from the client's in the last bit.
+    np.testing.assert_allclose(on_cluster, local, rtol=1e-13)
+    ran = {str(task["key"]): task["worker"] for task in stream.data}
+    blocks = {key for key in ran if "evaluate_block" in key}
+    assert len(blocks) == 8
+    assert {ran[key] for key in blocks} <= set(client.scheduler_info()["workers"])
+    predictive = sgmc.sample_posterior_predictive(idata, model, random_seed=2)
+    drawn_locally = predictive["posterior_predictive"]["y"].data.compute(scheduler="sync")
+    np.testing.assert_allclose(
+        predictive["posterior_predictive"]["y"].values, drawn_locally, rtol=1e-13
+    )

@@ -4,13 +4,22 @@ the closed-form posterior, reproducible draws and clear errors."""
 import numpy as np
 import pymc as pm
 import pytest
+import scipy.stats
 import xarray as xr
 
-from helpers import MEAN_BIAS, assert_close, linear_gaussian_posterior, seed_for
+from helpers import (
+    ARVIZ_1,
+    MEAN_BIAS,
+    assert_close,
+    linear_gaussian_posterior,
+    make_idata,
+    seed_for,
+)
 
 import pymc_sgmcmc as sgmc
 
 from pymc_sgmcmc.adaptation import curvature_at
+from pymc_sgmcmc.cross_validation import pointwise_log_likelihood
 from pymc_sgmcmc.gradients.full_data import FullDataLogPosterior
 from pymc_sgmcmc.gradients.minibatch import MinibatchLogPosterior
 from pymc_sgmcmc.streaming import RowBuffer, RowSource
@@ -280,10 +289,113 @@ def test_bad_sources_and_settings_are_refused(store, data):
         sgmc.Minibatch(batch_size=10)
 
 
-def test_tools_that_need_the_data_in_memory_say_so(store):
+# ---- after sampling: log-likelihood, LOO, posterior predictive, block by block -------------
+@pytest.fixture(scope="module")
+def exact_draws(data):
+    """Exact posterior draws of the regression's weights (closed form)."""
+    X, y = data
+    mean, covariance, _ = linear_gaussian_posterior(X, y, NOISE_SD, PRIOR_SD)
+    rng = np.random.default_rng(seed_for("streaming, after sampling"))
+    draws = rng.multivariate_normal(mean, covariance, size=(2, 200))
+    return mean, covariance, make_idata(posterior={"w": draws})
+
+
+def in_memory_regression(X, y):
+    with pm.Model() as model:
+        X_batch, y_batch = pm.Minibatch(X, y, batch_size=BATCH)
+        w = pm.Normal("w", 0, PRIOR_SD, shape=D)
+        pm.Normal("y", X_batch @ w, NOISE_SD, observed=y_batch, total_size=N)
+    return model
+
+
+def test_streamed_log_likelihood_and_loo_equal_the_in_memory_ones(store, data, exact_draws):
+    X, y = data
+    _, _, idata = exact_draws
+    streamed, in_memory = regression(store["X"], store["y"]), in_memory_regression(X, y)
+    # Blocks of 2,000 rows (4 chunks): a lazy Dask array, one task per block.
+    lazy = pointwise_log_likelihood(idata, streamed, chunk_size=2_000)
+    assert lazy.chunks is not None and len(lazy.chunks[2]) == 6
+    w = np.asarray(idata["posterior"]["w"])
+    exact = scipy.stats.norm.logpdf(y, np.einsum("cdk,nk->cdn", w, X), NOISE_SD)
+    np.testing.assert_allclose(lazy.values, exact, rtol=1e-10)
+    np.testing.assert_allclose(
+        lazy.values, pointwise_log_likelihood(idata, in_memory).values, rtol=1e-12
+    )
+    result, reference = sgmc.loo(idata, streamed), sgmc.loo(idata, in_memory)
+    np.testing.assert_allclose(elpd(result), elpd(reference), rtol=1e-12)
+    if ARVIZ_1:
+        # Subsampled: the subsample's rows read from the store, the same estimate.
+        result = sgmc.loo(idata, streamed, subsample=300, random_seed=4)
+        reference = sgmc.loo(idata, in_memory, subsample=300, random_seed=4)
+        np.testing.assert_allclose(elpd(result), elpd(reference), rtol=1e-12)
+        np.testing.assert_allclose(result.subsampling_se, reference.subsampling_se, rtol=1e-9)
+
+
+def elpd(result):
+    return result["elpd"] if ARVIZ_1 else result["elpd_loo"]
+
+
+def test_streamed_posterior_predictive_follows_the_closed_form(store, data, exact_draws):
+    X, y = data
+    mean, covariance, idata = exact_draws
     model = regression(store["X"], store["y"])
-    with pytest.raises(NotImplementedError, match="do not stream yet"):
-        sgmc.full_data_model(model)
+    result = sgmc.sample_posterior_predictive(idata, model, max_draws=100, random_seed=3)
+    lazy = result["posterior_predictive"]["y"]
+    assert lazy.chunks is not None
+    predictive = lazy.values
+    assert predictive.shape == (2, 100, N)
+    np.testing.assert_array_equal(result["observed_data"]["y"].values, y)
+    again = sgmc.sample_posterior_predictive(idata, model, max_draws=100, random_seed=3)
+    np.testing.assert_array_equal(again["posterior_predictive"]["y"].values, predictive)
+    other = sgmc.sample_posterior_predictive(idata, model, max_draws=100, random_seed=4)
+    assert not np.allclose(other["posterior_predictive"]["y"].values, predictive)
+    # Row i: mean x_i·m, variance x_iᵀ Σ x_i + σ². The z-scores of the row means over the
+    # N rows have mean 0 (sd 1/sqrt(N)) and sd 1; the variance ratios of 200 draws have
+    # relative sd sqrt(2/200) = 10% per row.
+    expected_mean = X @ mean
+    expected_variance = np.einsum("ij,jk,ik->i", X, covariance, X) + NOISE_SD**2
+    z = (predictive.mean(axis=(0, 1)) - expected_mean) / np.sqrt(expected_variance / 200)
+    assert abs(z.mean()) < 4 / np.sqrt(N) and 0.95 < z.std() < 1.05
+    ratio = predictive.reshape(200, N).var(axis=0, ddof=1) / expected_variance
+    assert abs(ratio.mean() - 1) < 4 * 0.1 / np.sqrt(N)
+
+
+def test_streamed_posterior_predictive_of_integer_data(tmp_path):
+    rng = np.random.default_rng(seed_for("streaming, bernoulli"))
+    x = rng.normal(size=4_000)
+    y = (rng.random(4_000) < 1 / (1 + np.exp(-(0.5 + 2 * x)))).astype(np.int8)
+    root = zarr.open_group(str(tmp_path / "data.zarr"), mode="w")
+    root.create_array("x", shape=x.shape, chunks=(300,), dtype="f8")[:] = x
+    root.create_array("y", shape=y.shape, chunks=(300,), dtype="i1")[:] = y
+    with pm.Model() as model:
+        x_batch, y_batch = sgmc.Minibatch(root["x"], root["y"], batch_size=BATCH)
+        a, b = pm.Normal("a", 0, 5), pm.Normal("b", 0, 5)
+        pm.Bernoulli("y", logit_p=a + b * x_batch, observed=y_batch, total_size=4_000)
+    idata = make_idata(posterior={"a": np.full((1, 400), 0.5), "b": np.full((1, 400), 2.0)})
+    result = sgmc.sample_posterior_predictive(idata, model, random_seed=1)
+    predictive = result["posterior_predictive"]["y"].values
+    assert set(np.unique(predictive)) == {0, 1}
+    probability = 1 / (1 + np.exp(-(0.5 + 2 * x)))
+    # 400 draws per row: z-scores of the row means, over 4,000 rows.
+    z = (predictive.mean(axis=(0, 1)) - probability) / np.sqrt(
+        probability * (1 - probability) / 400
+    )
+    assert abs(z.mean()) < 4 / np.sqrt(4_000) and 0.9 < z.std() < 1.1
+    np.testing.assert_array_equal(result["observed_data"]["y"].values, y)
+
+
+def test_models_the_tools_after_sampling_cannot_stream_are_refused(store, data):
+    X, y = data
+    with pytest.raises(NotImplementedError, match="stream its rows block by block"):
+        sgmc.full_data_model(regression(store["X"], store["y"]))
+    with pm.Model() as mixed:
+        X_batch, y_batch = sgmc.Minibatch(store["X"], store["y"], batch_size=BATCH)
+        noise = pm.Minibatch(y, batch_size=BATCH)
+        w = pm.Normal("w", 0, PRIOR_SD, shape=D)
+        pm.Normal("y", X_batch @ w + 0 * noise, NOISE_SD, observed=y_batch, total_size=N)
+    idata = make_idata(posterior={"w": np.zeros((1, 5, D))})
+    with pytest.raises(NotImplementedError, match="mixes pm.Minibatch"):
+        sgmc.loo(idata, mixed)
 
 
 def test_plain_minibatch_gradients_from_a_small_buffer_warn(store):
