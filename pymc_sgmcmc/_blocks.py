@@ -27,9 +27,12 @@ from pymc_sgmcmc.full_data import _minibatch_outputs, _rebuilt, streamed_buffers
 __all__ = [
     "BlockFunction",
     "BlockModel",
+    "LazyFunction",
     "RowReader",
+    "active_client",
     "block_model",
     "block_seeds",
+    "distributed_pass",
     "lazy_over_rows",
     "rows_per_task",
 ]
@@ -129,6 +132,98 @@ class RowReader:
         per_block = max(1, block_rows // int(np.diff(self.starts).max()))
         edges = sorted({*(int(start) for start in self.starts[::per_block]), self.rows})
         return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+class LazyFunction:
+    """A compiled function built at its first call in each process, from a picklable
+    ``build(*arguments)``; what a Dask worker receives instead of a compiled function.
+
+    A worker keeps what it compiled (by the function's token), so the passes of an
+    optimiser, each shipping the same function, compile it once per worker. Calls are
+    serialised by a lock: a compiled PyTensor function keeps its storage.
+    """
+
+    def __init__(self, build, *arguments):
+        self.build = build
+        self.arguments = arguments
+        self.token = uuid.uuid4().hex
+        self._function = None
+        self._received = False
+        self._lock = threading.Lock()
+
+    def __call__(self, *arrays):
+        with self._lock:
+            if self._function is None:
+                self._function = self.build(*self.arguments)
+                if self._received:
+                    _COMPILED[self.token] = self._function
+            return self._function(*arrays)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_function"], state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._function = _COMPILED.get(self.token)
+        self._received = True
+        self._lock = threading.Lock()
+
+
+#: What this (worker) process compiled of the LazyFunctions it received, by token.
+_COMPILED: dict = {}
+
+
+def active_client():
+    """The active ``distributed.Client``, or None (Dask distributed not installed, or no
+    client)."""
+    try:
+        from distributed import default_client
+    except ImportError:
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def distributed_pass(function, reader, block_rows, calls, *, batch, index_dtype, weight_dtype):
+    """Per block of rows, ``function(*call, indices, weights, *rows)`` for every argument
+    tuple in ``calls``: one Dask task per block, run on the active client's workers, each
+    reading its rows from the store. Returns the results block by block, in row order.
+
+    ``indices`` and ``weights`` are the ``(rows // batch, batch)`` matrices of a
+    full-data pass over the block (its rows, padded; weight ``batch / N``, 0 for padding).
+    """
+    import dask
+
+    token = uuid.uuid4().hex
+    shared = [
+        dask.delayed(value, name=f"{name}-{token}", traverse=False)
+        for name, value in (("function", function), ("sources", reader), ("calls", calls))
+    ]
+    task = dask.delayed(_block_pass, pure=False)
+    weight = batch / reader.rows
+    parts = [
+        task(*shared, start, stop, batch, weight, index_dtype, weight_dtype)
+        for start, stop in reader.bounds(block_rows)
+    ]
+    return dask.compute(*parts)
+
+
+def _block_pass(function, reader, calls, start, stop, batch, weight, index_dtype, weight_dtype):
+    rows = reader.read(start, stop)
+    count = stop - start
+    padded = -(-count // batch) * batch
+    indices = np.zeros(padded, dtype=index_dtype)
+    indices[:count] = np.arange(count)
+    weights = np.zeros(padded, dtype=weight_dtype)
+    weights[:count] = weight
+    indices, weights = indices.reshape(-1, batch), weights.reshape(-1, batch)
+    # Arrays Dask sent out of band may come unaligned, which PyTensor's C code refuses.
+    calls = [[np.require(value, requirements="A") for value in call] for call in calls]
+    return [function(*call, indices, weights, *rows) for call in calls]
 
 
 def block_model(model) -> BlockModel | None:
@@ -281,5 +376,11 @@ def block_seeds(seed: np.random.SeedSequence, reader, block_rows: int) -> list[i
 
 def rows_per_task(samples: int, row_size: int, elements: int = 2**22) -> int:
     """Rows per task whose output for ``samples`` draws holds about ``elements`` values
-    (32 MiB of float64): large enough that a task's overhead is negligible."""
-    return max(1, elements // max(1, samples * row_size))
+    (32 MiB of float64), large enough that a task's overhead is negligible, and at most
+    :data:`MAX_TASK_ROWS`, which bounds the rows a task reads (for few draws, e.g. the
+    posterior mean, the output alone would allow millions)."""
+    return min(MAX_TASK_ROWS, max(1, elements // max(1, samples * row_size)))
+
+
+#: Rows a task reads at most: 65,536 rows of 56 float64 columns are 29 MiB.
+MAX_TASK_ROWS = 2**16

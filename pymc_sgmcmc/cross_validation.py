@@ -502,7 +502,7 @@ class _StreamedLogLikelihood(_PointwiseLogLikelihood):
 
     def _block_rows(self, draws, chunk_size):
         row_size = self.n_points // self.point_shape[0]
-        return chunk_size or rows_per_task(draws[0].shape[0], row_size, _CHUNK_ELEMENTS)
+        return chunk_size or rows_per_task(draws[0].shape[0], row_size)
 
     def evaluate(self, draws, rows, chunk_size) -> np.ndarray:
         draws = self._cast(draws)

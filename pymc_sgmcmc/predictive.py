@@ -20,6 +20,7 @@ from pytensor.graph.traversal import graph_inputs
 from pytensor.tensor.random.type import RandomGeneratorType
 
 from pymc_sgmcmc._blocks import (
+    MAX_TASK_ROWS,
     BlockFunction,
     block_model,
     block_seeds,
@@ -172,7 +173,9 @@ def _streamed(blocks, posterior, var_names, predictions, random_seed):
             value, value_inputs = blocks.block_inputs(model.rvs_to_values[rv])
             rows = BlockFunction([], value_inputs, value)
             data[name] = xr.DataArray(
-                lazy_over_rows(rows, blocks.reader, [], (), first.shape[1:], block_rows=2**16),
+                lazy_over_rows(
+                    rows, blocks.reader, [], (), first.shape[1:], block_rows=MAX_TASK_ROWS
+                ),
                 dims=dims,
             )
     groups = {"predictions" if predictions else "posterior_predictive": xr.Dataset(predictive)}

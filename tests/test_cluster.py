@@ -10,6 +10,8 @@ from helpers import make_idata, seed_for
 import pymc_sgmcmc as sgmc
 
 from pymc_sgmcmc.cross_validation import pointwise_log_likelihood
+from pymc_sgmcmc.gradients.full_data import FullDataLogPosterior
+from pymc_sgmcmc.gradients.minibatch import MinibatchLogPosterior
 
 distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
@@ -140,3 +142,29 @@ def test_the_tools_after_sampling_run_on_the_workers(model, client):
     np.testing.assert_allclose(
         predictive["posterior_predictive"]["y"].values, drawn_locally, rtol=1e-13
     )
+
+
+def test_full_data_passes_run_on_the_workers_while_a_client_is_active(model, client):
+    streamed = FullDataLogPosterior(MinibatchLogPosterior(model, model.value_vars), chunk_size=500)
+    source = streamed.streams[0].buffer.sources
+    X, y = (np.asarray(part.array) for part in source)
+    # The same data in memory: its passes run in this process.
+    with pm.Model() as in_memory:
+        X_batch, y_batch = pm.Minibatch(X, y, batch_size=BATCH)
+        w = pm.Normal("w", 0, 1, shape=2)
+        sigma = pm.HalfNormal("sigma", 1)
+        pm.Normal("y", X_batch @ w, sigma, observed=y_batch, total_size=N)
+    reference = FullDataLogPosterior(
+        MinibatchLogPosterior(in_memory, in_memory.value_vars), chunk_size=500
+    )
+    positions = np.random.default_rng(seed_for("cluster, passes")).normal(size=(3, 3))
+    with distributed.get_task_stream(client) as stream:
+        logp, gradient = streamed.logp_and_gradient(positions[0])
+        gradients = streamed.gradients(positions)
+    expected_logp, expected_gradient = reference.logp_and_gradient(positions[0])
+    np.testing.assert_allclose(logp, expected_logp, rtol=1e-12)
+    np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-10)
+    np.testing.assert_allclose(gradients, reference.gradients(positions), rtol=1e-10)
+    # Two passes of 4 blocks (500 rows of 2,000), each task on a worker.
+    passes = [task for task in stream.data if "_block_pass" in str(task["key"])]
+    assert len({str(task["key"]) for task in passes}) == 8

@@ -12,6 +12,7 @@ chunk size whatever N is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pytensor.tensor as pt
@@ -19,6 +20,7 @@ import pytensor.tensor as pt
 from pytensor.graph.replace import clone_replace, vectorize_graph
 from scipy import optimize
 
+from pymc_sgmcmc._blocks import LazyFunction, RowReader, active_client, distributed_pass
 from pymc_sgmcmc._compat import compile_function
 from pymc_sgmcmc._validation import positive_int
 from pymc_sgmcmc._vectorize import vectorized_function
@@ -108,7 +110,8 @@ class FullDataLogPosterior:
         self.evaluations = 0
 
     def _compile(self, inputs, outputs):
-        return compile_function(inputs, outputs, **self._compile_kwargs)
+        # Compiled at its first call (in each process: a Dask worker gets the graph).
+        return LazyFunction(partial(compile_function, **self._compile_kwargs), inputs, outputs)
 
     def _one_position_functions(self):
         """``position ↦ (log π, ∇ log π)`` of the fixed part, and per stream of a chunk."""
@@ -126,15 +129,39 @@ class FullDataLogPosterior:
         """The gradients of :meth:`_one_position_functions`, vectorised over positions."""
         if self._many_positions is None:
             position = self._position
-            fixed = vectorized_function(
-                [position], [self._fixed_graph[1]], [position], self._compile
-            )
+            compile_eagerly = partial(compile_function, **self._compile_kwargs)
+
+            def vectorized(inputs, outputs):
+                return LazyFunction(
+                    vectorized_function, inputs, outputs, [position], compile_eagerly
+                )
+
+            fixed = vectorized([position], [self._fixed_graph[1]])
             chunks = [
-                vectorized_function([position, *inputs], [outputs[1]], [position], self._compile)
+                vectorized([position, *inputs], [outputs[1]])
                 for inputs, outputs in self._chunk_graphs
             ]
             self._many_positions = (fixed, chunks)
         return self._many_positions
+
+    def _over_chunks(self, stream, function, calls):
+        """``function(*call, *chunk)`` for every call's arguments, chunk by chunk over
+        the rows: in this process, or, for a streamed source while a
+        ``distributed.Client`` is active, as Dask tasks on its workers, each reading its
+        rows from the store. Yields, per chunk, the list of the calls' results."""
+        if stream.buffer is not None and active_client() is not None:
+            yield from distributed_pass(
+                function,
+                RowReader([stream.buffer]),
+                self.chunk_size,
+                calls,
+                batch=stream.batch_size,
+                index_dtype=stream.index.dtype,
+                weight_dtype=self.dtype,
+            )
+            return
+        for chunk in self._stream_chunks(stream):
+            yield [function(*call, *chunk) for call in calls]
 
     def _stream_chunks(self, stream):
         """The inputs of a chunk's function, covering rows ``0..N-1`` once: ``(indices,
@@ -174,8 +201,7 @@ class FullDataLogPosterior:
         logp, gradient = fixed(typed)
         logp, gradient = float(logp), np.array(gradient, dtype=float)
         for stream, function in zip(self.streams, chunks, strict=True):
-            for chunk in self._stream_chunks(stream):
-                chunk_logp, chunk_gradient = function(typed, *chunk)
+            for [(chunk_logp, chunk_gradient)] in self._over_chunks(stream, function, [(typed,)]):
                 logp += float(chunk_logp)
                 gradient += chunk_gradient
         self.evaluations += 1
@@ -224,9 +250,10 @@ class FullDataLogPosterior:
         sums = [np.array(fixed(typed)[0], dtype=float) for typed in groups]
         for stream, function in zip(self.streams, chunks, strict=True):
             # The data outside, the positions inside: a streamed source is read once.
-            for chunk in self._stream_chunks(stream):
-                for typed, gradient in zip(groups, sums, strict=True):
-                    gradient += function(typed, *chunk)[0]
+            calls = [(typed,) for typed in groups]
+            for results in self._over_chunks(stream, function, calls):
+                for result, gradient in zip(results, sums, strict=True):
+                    gradient += result[0]
         self.evaluations += positions.shape[0]
         return np.concatenate(sums) if sums else np.empty(positions.shape, dtype=float)
 
