@@ -279,7 +279,8 @@ def main() -> None:
     directory.mkdir(parents=True, exist_ok=True)
     # Runs of other sizes from earlier invocations are kept; a size run again is replaced.
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results = {"stores": results.get("stores", {}), "runs": results.get("runs", [])}
+    results.setdefault("stores", {})
+    results.setdefault("runs", [])
     planned = {
         (rows, source)
         for rows in arguments.rows

@@ -22,7 +22,7 @@ import pytensor.tensor as pt
 from pytensor.graph.replace import clone_replace
 
 from pymc_sgmcmc._compat import compile_function
-from pymc_sgmcmc.full_data import _minibatch_outputs, _rebuilt, streamed_buffers
+from pymc_sgmcmc.full_data import _minibatch_outputs, _rebuilt, model_buffers, streamed_buffers
 
 __all__ = [
     "BlockFunction",
@@ -228,8 +228,7 @@ def _block_pass(function, reader, calls, start, stop, batch, weight, index_dtype
 
 def block_model(model) -> BlockModel | None:
     """The :class:`BlockModel` of a model that streams its data; None for any other."""
-    outputs = _minibatch_outputs([*model.named_vars.values(), *model.rvs_to_values.values()])
-    return BlockModel(model) if streamed_buffers(outputs) else None
+    return BlockModel(model) if model_buffers(model) else None
 
 
 class BlockFunction:

@@ -28,6 +28,8 @@ import xarray as xr
 from pymc_sgmcmc._validation import positive_int
 from pymc_sgmcmc._warnings import warn
 from pymc_sgmcmc.diagnostics._trace import group_dataset
+from pymc_sgmcmc.full_data import model_buffers
+from pymc_sgmcmc.streaming import rows_left_behind
 
 __all__ = ["ChainFailure", "sample"]
 
@@ -105,7 +107,9 @@ def sample(
         )
     model = pm.modelcontext(model)
     initvals = kwargs.pop("initvals", None)
-    payload = cloudpickle.dumps((model, step))
+    # The buffers' rows stay here: a worker reads its own from the sources.
+    with rows_left_behind(model_buffers(model)):
+        payload = cloudpickle.dumps((model, step))
     own_cluster = None
     if client is None:
         own_cluster = distributed.LocalCluster(
@@ -166,6 +170,8 @@ def _run_chain(payload, chain, seed, draws, tune, initvals, kwargs, progress):
     import cloudpickle
 
     model, step = cloudpickle.loads(payload)
+    for buffer in model_buffers(model):
+        buffer.refill()
     callback = None
     if progress is not None:
         every = max(1, (draws + tune) // 50)

@@ -140,6 +140,13 @@ def streamed_buffers(minibatch_outputs) -> list:
     return buffers
 
 
+def model_buffers(model) -> list:
+    """The row buffers of the model's :func:`pymc_sgmcmc.Minibatch` calls."""
+    return streamed_buffers(
+        _minibatch_outputs([*model.named_vars.values(), *model.rvs_to_values.values()])
+    )
+
+
 def _minibatch_outputs(variables) -> set[Variable]:
     return {
         var

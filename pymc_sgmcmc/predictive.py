@@ -29,7 +29,7 @@ from pymc_sgmcmc._blocks import (
 )
 from pymc_sgmcmc._compat import PYMC_MAJOR
 from pymc_sgmcmc._validation import optional_positive_int, positive_int
-from pymc_sgmcmc.diagnostics._trace import stacked_draws
+from pymc_sgmcmc.diagnostics._trace import group_dataset, stacked_draws
 from pymc_sgmcmc.full_data import full_data_model
 
 __all__ = ["sample_posterior_predictive"]
@@ -97,7 +97,7 @@ def sample_posterior_predictive(
     draws_per_chunk = positive_int("draws_per_chunk", draws_per_chunk)
     if "posterior" not in idata:
         raise ValueError("`idata` has no posterior group to draw from.")
-    posterior = _dataset(idata["posterior"])
+    posterior = group_dataset(idata, "posterior")
     draws = np.arange(posterior.sizes["draw"])[:: thin or 1]
     if max_draws is not None and draws.size > max_draws:
         draws = draws[np.round(np.linspace(0, draws.size - 1, max_draws)).astype(int)]
@@ -121,7 +121,7 @@ def sample_posterior_predictive(
         )
         for chunk, seed in zip(chunks, seeds, strict=True)
     ]
-    combined = xr.concat([_dataset(result[group]) for result in results], dim="draw")
+    combined = xr.concat([group_dataset(result, group) for result in results], dim="draw")
     return _replace_group(results[0], group, combined)
 
 
@@ -208,11 +208,6 @@ def _check_rows(name, first):
             f"its first axis (drawn on one row it has shape {first.shape}), so its posterior "
             "predictive cannot be drawn block by block."
         )
-
-
-def _dataset(group) -> xr.Dataset:
-    # A group is a Dataset in an InferenceData (ArviZ 0.x), a DataTree node in a DataTree.
-    return group.to_dataset() if hasattr(group, "to_dataset") else group
 
 
 def _replace_group(idata, name: str, dataset: xr.Dataset):

@@ -36,6 +36,7 @@ the named datasets; this module only chooses the chunks and copies them into the
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import numbers
 import os
 
@@ -350,6 +351,14 @@ class RowBuffer:
             for source, dtype in zip(self.sources, self.dtypes, strict=True)
         ]
 
+    def refill(self) -> None:
+        """Allocate the slots and fill them as when the buffer was built: in a worker
+        that received the buffer without its rows (:func:`rows_left_behind`)."""
+        for variable, source, dtype in zip(self.shared, self.sources, self.dtypes, strict=True):
+            shape = (self.slots * self.slot_rows, *source.shape[1:])
+            variable.set_value(np.zeros(shape, dtype=dtype), borrow=True)
+        self.start_chain(np.random.default_rng(0), prefetch=False)
+
     # ---- pickling (pm.sample's worker processes) -----------------------------------------
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -359,6 +368,21 @@ class RowBuffer:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+
+
+@contextlib.contextmanager
+def rows_left_behind(buffers):
+    """Within the block, the buffers hold no rows, so that a model pickled there carries
+    its sources (a store's path or URL) but not the rows read from them; a worker calls
+    :meth:`RowBuffer.refill` after unpickling."""
+    values = [(variable, variable.get_value(borrow=True)) for b in buffers for variable in b.shared]
+    try:
+        for variable, value in values:
+            variable.set_value(value[:0], borrow=True)
+        yield
+    finally:
+        for variable, value in values:
+            variable.set_value(value, borrow=True)
 
 
 def _is_dask(array) -> bool:

@@ -11,7 +11,9 @@ import pymc_sgmcmc as sgmc
 
 from pymc_sgmcmc.cross_validation import pointwise_log_likelihood
 from pymc_sgmcmc.gradients.full_data import FullDataLogPosterior
+from pymc_sgmcmc.full_data import model_buffers
 from pymc_sgmcmc.gradients.minibatch import MinibatchLogPosterior
+from pymc_sgmcmc.streaming import rows_left_behind
 
 distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
@@ -168,3 +170,19 @@ def test_full_data_passes_run_on_the_workers_while_a_client_is_active(model, cli
     # Two passes of 4 blocks (500 rows of 2,000), each task on a worker.
     passes = [task for task in stream.data if "_block_pass" in str(task["key"])]
     assert len({str(task["key"]) for task in passes}) == 8
+
+
+def test_the_rows_of_the_buffer_are_not_shipped_to_the_workers(model):
+    import cloudpickle
+
+    (buffer,) = model_buffers(model)
+    rows = buffer.shared[0].get_value().shape[0]
+    with rows_left_behind([buffer]):
+        payload = cloudpickle.dumps(model)
+    assert buffer.shared[0].get_value().shape[0] == rows  # restored here
+    (received,) = model_buffers(cloudpickle.loads(payload))
+    assert received.shared[0].get_value().shape[0] == 0
+    # Refilled from the store in the worker, as the client's buffer was filled when built.
+    received.refill()
+    buffer.refill()
+    np.testing.assert_array_equal(received.shared[0].get_value(), buffer.shared[0].get_value())
