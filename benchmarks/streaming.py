@@ -275,6 +275,8 @@ def main() -> None:
         help="run the tools after sampling alone (on a store written before)",
     )
     arguments = parser.parse_args()
+    if arguments.only_after_sampling:
+        arguments.rows = []
     directory = pathlib.Path(arguments.directory)
     directory.mkdir(parents=True, exist_ok=True)
     # Runs of other sizes from earlier invocations are kept; a size run again is replaced.
@@ -295,8 +297,6 @@ def main() -> None:
         "draws": arguments.draws,
         "tune": arguments.tune,
     }
-    if arguments.only_after_sampling:
-        arguments.rows = []
     for rows in arguments.rows:
         path = str(directory / f"logistic_{rows}.zarr")
         if not pathlib.Path(path).exists():

@@ -10,8 +10,8 @@ from helpers import make_idata, seed_for
 import pymc_sgmcmc as sgmc
 
 from pymc_sgmcmc.cross_validation import pointwise_log_likelihood
-from pymc_sgmcmc.gradients.full_data import FullDataLogPosterior
 from pymc_sgmcmc.full_data import model_buffers
+from pymc_sgmcmc.gradients.full_data import FullDataLogPosterior
 from pymc_sgmcmc.gradients.minibatch import MinibatchLogPosterior
 from pymc_sgmcmc.streaming import rows_left_behind
 
