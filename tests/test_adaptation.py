@@ -40,6 +40,12 @@ from pymc_sgmcmc.adaptation import (
     limited_step,
     tuning_windows,
 )
+from pymc_sgmcmc.gradients.full_data import MaximumAPosteriori
+from pymc_sgmcmc.step_methods.posterior_guess import (
+    MODE_TOLERANCE,
+    _distance_to_mode,
+    _polished,
+)
 
 SAMPLERS = [sgmc.SGLD, sgmc.SGHMC, sgmc.SGNHT, sgmc.pSGLD]
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "zero_configuration"
@@ -172,7 +178,13 @@ def _benchmark_posterior(name: str):
 
 @pytest.mark.parametrize(
     ("name", "sampler"),
-    [("sunspots_autoregression", sgmc.SGLD), ("iris_mixture", sgmc.SGHMC)],
+    [
+        ("sunspots_autoregression", sgmc.SGLD),
+        # SGHMC's large steps once carried the chain, 100 per draw, far from the control
+        # variate's centre into the heavy tail: degrees of freedom sd 1.3-1.4 times NUTS's.
+        ("sunspots_autoregression", sgmc.SGHMC),
+        ("iris_mixture", sgmc.SGHMC),
+    ],
 )
 def test_no_arguments_against_nuts_references(name, sampler):
     """Heavy tails and constrained parameters (Student-t AR with HalfCauchy scale and Gamma
@@ -283,13 +295,56 @@ def test_control_variates_only_where_they_pay():
         return model
 
     with build(30):
-        assert isinstance(sgmc.SGLD().control_variate, sgmc.ControlVariate)
+        step = sgmc.SGLD()
+        assert isinstance(step.control_variate, sgmc.ControlVariate)
+        # N/B = 10: a full pass costs 10 minibatch gradients, so the centre may move every
+        # 40 SG steps at a quarter of their cost, and a draw takes at least 40, not 100.
+        assert step._min_steps_per_draw == 40 and step.control_variate.refresh_interval == 1
         # A given step size keeps its old meaning: plain minibatch gradients.
         assert sgmc.SGLD(step_size=1e-3).control_variate is None
         assert sgmc.SGLD(control_variate=None).control_variate is None
     with build(100):
         # N/B = 3: the noise they remove costs less than their second gradient.
         assert sgmc.SGLD().control_variate is None
+
+
+def test_control_variates_on_a_large_data_set_keep_100_steps_per_draw():
+    data = np.random.default_rng(3).normal(size=6000)
+    with pm.Model():
+        mu = pm.Normal("mu", 0.0, 10.0)
+        pm.Normal("x", mu, 1.0, observed=pm.Minibatch(data, batch_size=10), total_size=6000)
+        step = sgmc.SGLD()
+    # N/B = 600: a pass every ceil(600 / (0.25 * 100)) = 24 draws of 100 steps.
+    assert step._min_steps_per_draw == 100 and step.control_variate.refresh_interval == 24
+
+
+def test_a_search_stopped_short_of_a_mode_is_polished_by_newton_steps():
+    # L-BFGS's relative-decrease test stops short on a badly conditioned posterior with a
+    # large log density; Newton steps with the curvature found there reach the mode.
+    rng = np.random.default_rng(4)
+    basis = np.linalg.qr(rng.normal(size=(4, 4)))[0]
+    precision = basis @ np.diag([1e6, 1e3, 1.0, 1e-2]) @ basis.T
+    mode = rng.normal(size=4)
+
+    class Quadratic:
+        calls = 0
+
+        def logp_and_gradient(self, position):
+            Quadratic.calls += 1
+            offset = position - mode
+            return -5e4 - 0.5 * offset @ precision @ offset, -precision @ offset
+
+    full_data = Quadratic()
+    sds = np.sqrt(np.diag(np.linalg.inv(precision)))
+    start = mode + 3.0 * sds
+    logp, gradient = full_data.logp_and_gradient(start)
+    stopped = MaximumAPosteriori(start, logp, gradient, 40, True, "CONVERGENCE")
+    assert _distance_to_mode(gradient, precision)[0] > MODE_TOLERANCE
+    polished = _polished(full_data, stopped, precision)
+    # It stops within a hundredth of the tolerance: well inside a posterior sd.
+    assert np.max(np.abs(polished.position - mode) / sds) < 1e-3
+    assert polished.logp > stopped.logp and polished.evaluations == 40 + Quadratic.calls - 1
+    assert _distance_to_mode(polished.gradient, precision)[0] <= 0.01 * MODE_TOLERANCE
 
 
 def test_explicit_step_size_keeps_the_old_defaults(correlated_regression):

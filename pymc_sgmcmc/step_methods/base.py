@@ -67,6 +67,9 @@ __all__ = ["StochasticGradientState", "StochasticGradientStep"]
 #: steps of ~10 µs is most of it; from 100 steps on it is a small part, and the draws
 #: (10-30 units of time apart on easy posteriors) are nearly independent.
 AUTO_MIN_STEPS, AUTO_MAX_STEPS = 100, 1024
+#: The fewest SG steps per draw of ``steps_per_draw="auto"`` where an automatic control
+#: variate lowers the floor on a small data set (see ``_resolve_control_variate``).
+AUTO_MIN_FLOOR = 10
 
 #: Placeholder until the adaptation sets the step size where a chain starts.
 AUTO_INITIAL_STEP_SIZE = 0.1
@@ -230,6 +233,8 @@ class StochasticGradientStep(BlockedStep):
                     f"got {steps_per_draw!r}."
                 )
             steps_per_draw = AUTO_MIN_STEPS
+        # Lowered by an automatic control variate on a small data set (see there).
+        self._min_steps_per_draw = AUTO_MIN_STEPS
         if (
             isinstance(steps_per_draw, bool)
             or not isinstance(steps_per_draw, numbers.Integral)
@@ -412,7 +417,16 @@ class StochasticGradientStep(BlockedStep):
         # Their noise grows with the distance from the centre, which heats the chain in
         # the tails: move the centre to the chain every few draws, as long as the full
         # pass that costs (N/B minibatch gradients) adds at most a quarter to the steps.
-        refresh = int(np.ceil(ratio / (REFRESH_COST * AUTO_MIN_STEPS)))
+        # Where that allows a move more often than every AUTO_MIN_STEPS steps (N/B < 25),
+        # a draw takes fewer steps, down to N/(B REFRESH_COST), so that the centre does
+        # move that often: a draw of 100 large steps (up to 20 units of time) carries the
+        # chain far into a heavy tail from its centre, and the noise met there heated the
+        # Student-t degrees of freedom of an autoregression (sd 1.3-1.4 times NUTS's).
+        if self.adapt_steps_per_draw:
+            self._min_steps_per_draw = int(
+                np.clip(np.ceil(ratio / REFRESH_COST), AUTO_MIN_FLOOR, AUTO_MIN_STEPS)
+            )
+        refresh = int(np.ceil(ratio / (REFRESH_COST * self._min_steps_per_draw)))
         return ControlVariate(refresh_interval=refresh)
 
     def _gradient_estimator(self, make_estimator, start: np.ndarray):
@@ -508,7 +522,7 @@ class StochasticGradientStep(BlockedStep):
             if self.adapt_steps_per_draw:
                 time = self._time_per_step(adapter.step_size)
                 self.steps_per_draw = int(
-                    np.clip(np.ceil(1.0 / time), AUTO_MIN_STEPS, AUTO_MAX_STEPS)
+                    np.clip(np.ceil(1.0 / time), self._min_steps_per_draw, AUTO_MAX_STEPS)
                 )
         self._refresh_parameters()
 
@@ -687,7 +701,7 @@ class StochasticGradientStep(BlockedStep):
         if self.adapt_step_size:
             self.step_size = as_schedule(AUTO_INITIAL_STEP_SIZE)
         if self.adapt_steps_per_draw:
-            self.steps_per_draw = AUTO_MIN_STEPS
+            self.steps_per_draw = self._min_steps_per_draw
         self._refresh_parameters()
 
     def __getstate__(self):
@@ -835,15 +849,17 @@ class StochasticGradientStep(BlockedStep):
             if changed:
                 # Momentum and thermostat live on the whitened scale, which just moved.
                 self._auxiliary = self._restart_auxiliary(self._auxiliary)
+        # Before a control-variate centre moves here: at the centre its noise is zero, but
+        # the chain meets it a whole draw away from the centre.
+        if self.noise_monitor.pair_due(self._draw) or (self._pairs_every_tuning_draw and self.tune):
+            self.noise_monitor.add_pairs(new_position, 1)
+            if not self.tune:
+                self._warn_if_noisy(step_size)
         if self.gradient_estimator.after_draw(self._draw, new_position):
             # The estimator's inputs moved (a refreshed control-variate centre): the carried
             # gradient used the old ones, so take it afresh.
             self._refresh_parameters()
             self._set_start_gradient(np.asarray(new_position))
-        if self.noise_monitor.pair_due(self._draw) or (self._pairs_every_tuning_draw and self.tune):
-            self.noise_monitor.add_pairs(new_position, 1)
-            if not self.tune:
-                self._warn_if_noisy(step_size)
         stats = {
             "step_size": step_size,
             "minibatch_logp": float(logp),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -27,6 +27,9 @@ __all__ = ["PosteriorGuess"]
 #: scale) are at most this. A search that runs down a funnel (a centred hierarchical
 #: model, its group scale towards 0) stops on a slope that never levels off.
 MODE_TOLERANCE = 1.0
+#: Newton steps, with the curvature at the search's end, that a converged search which is
+#: not yet within ``MODE_TOLERANCE`` of a mode may take to get there (see ``_polished``).
+NEWTON_STEPS = 5
 
 
 @dataclass
@@ -81,6 +84,11 @@ class PosteriorGuess:
             )
             return cls(full_data, map_result, curvature)
         distance, slope = _distance_to_mode(map_result.gradient, curvature)
+        if max(distance, slope) > MODE_TOLERANCE and slope <= MODE_TOLERANCE:
+            polished = _polished(full_data, map_result, curvature)
+            polished_distance, _ = _distance_to_mode(polished.gradient, curvature)
+            if polished_distance <= MODE_TOLERANCE:
+                map_result, distance = polished, polished_distance
         if max(distance, slope) <= MODE_TOLERANCE:
             return cls(full_data, map_result, curvature)
         where = (
@@ -112,6 +120,43 @@ class PosteriorGuess:
     def converged(self) -> bool:
         """Whether the search converged to a mode (what control variates are centred on)."""
         return self.map_result is not None and self.map_result.converged and self.is_mode
+
+
+def _polished(full_data, map_result: MaximumAPosteriori, curvature) -> MaximumAPosteriori:
+    """Up to ``NEWTON_STEPS`` Newton steps ``θ + H⁻¹ ∇ log π(θ)`` from the search's end,
+    each halved until the full-data ``log π`` does not fall.
+
+    L-BFGS stops on a relative decrease of ``−log π`` of about 2e-9: with a large N the
+    log density is large and the posterior may be badly conditioned, and the search then
+    stops more than a posterior sd short of the mode along its narrowest directions
+    (1.1 sds on a regression with condition number 2.6e5). Near a mode the posterior is
+    close to Gaussian, so a Newton step with the curvature already found gets there in one
+    or two full-data passes. Down a funnel no step levels off, and the caller keeps the
+    search's own result.
+    """
+    covariance = Preconditioner.from_curvature(curvature, map_result.position.size, True).covariance
+    position, logp, gradient = map_result.position, map_result.logp, map_result.gradient
+    evaluations = 0
+    for _ in range(NEWTON_STEPS):
+        newton = covariance @ gradient
+        for halving in range(6):
+            candidate = position + 0.5**halving * newton
+            candidate_logp, candidate_gradient = full_data.logp_and_gradient(candidate)
+            evaluations += 1
+            if np.isfinite(candidate_logp) and candidate_logp >= logp:
+                break
+        else:
+            break
+        position, logp, gradient = candidate, candidate_logp, candidate_gradient
+        if _distance_to_mode(gradient, curvature)[0] <= 0.01 * MODE_TOLERANCE:
+            break
+    return replace(
+        map_result,
+        position=np.asarray(position, dtype=float),
+        logp=float(logp),
+        gradient=np.asarray(gradient, dtype=float),
+        evaluations=map_result.evaluations + evaluations,
+    )
 
 
 def _finite_or_none(curvature: np.ndarray) -> np.ndarray | None:
