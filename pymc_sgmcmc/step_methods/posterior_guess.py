@@ -139,6 +139,9 @@ def _polished(full_data, map_result: MaximumAPosteriori, curvature) -> MaximumAP
     evaluations = 0
     for _ in range(NEWTON_STEPS):
         newton = covariance @ gradient
+        # ‖Lᵀ g‖ of _distance_to_mode, with L Lᵀ = Σ: √(gᵀ Σ g).
+        if np.sqrt(max(float(gradient @ newton), 0.0)) <= 0.01 * MODE_TOLERANCE:
+            break
         for halving in range(6):
             candidate = position + 0.5**halving * newton
             candidate_logp, candidate_gradient = full_data.logp_and_gradient(candidate)
@@ -148,8 +151,6 @@ def _polished(full_data, map_result: MaximumAPosteriori, curvature) -> MaximumAP
         else:
             break
         position, logp, gradient = candidate, candidate_logp, candidate_gradient
-        if _distance_to_mode(gradient, curvature)[0] <= 0.01 * MODE_TOLERANCE:
-            break
     return replace(
         map_result,
         position=np.asarray(position, dtype=float),
