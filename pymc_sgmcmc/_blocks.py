@@ -32,6 +32,7 @@ __all__ = [
     "active_client",
     "block_model",
     "block_seeds",
+    "chunk_inputs",
     "distributed_pass",
     "lazy_over_rows",
     "rows_per_task",
@@ -188,13 +189,29 @@ def active_client():
         return None
 
 
-def distributed_pass(function, reader, block_rows, calls, *, batch, index_dtype, weight_dtype):
-    """Per block of rows, ``function(*call, indices, weights, *rows)`` for every argument
-    tuple in ``calls``: one Dask task per block, run on the active client's workers, each
-    reading its rows from the store. Returns the results block by block, in row order.
+def chunk_inputs(blocks, batch: int, weight: float, weight_dtype) -> list[np.ndarray]:
+    """A full-data pass's inputs for consecutive rows: weights of shape ``(rows // batch,
+    batch)`` (``batch / N`` per row, 0 for padding), then each data set's rows in blocks of
+    that shape, a view where the rows need no padding. Padding repeats the first row, so
+    that it is inside the support whatever the likelihood."""
+    count = len(blocks[0])
+    padded = -(-count // batch) * batch
+    weights = np.zeros(padded, dtype=weight_dtype)
+    weights[:count] = weight
+    shaped = []
+    for rows in blocks:
+        if padded != count:
+            rows = np.concatenate([rows, np.repeat(rows[:1], padded - count, axis=0)])
+        shaped.append(rows.reshape(padded // batch, batch, *rows.shape[1:]))
+    return [weights.reshape(-1, batch), *shaped]
 
-    ``indices`` and ``weights`` are the ``(rows // batch, batch)`` matrices of a
-    full-data pass over the block (its rows, padded; weight ``batch / N``, 0 for padding).
+
+def distributed_pass(function, reader, block_rows, calls, *, batch, weight_dtype):
+    """Per block of rows, ``function(*call, weights, *rows)`` for every argument tuple in
+    ``calls``: one Dask task per block, run on the active client's workers, each reading
+    its rows from the store. Returns the results block by block, in row order.
+
+    ``weights`` and ``rows`` are :func:`chunk_inputs` of the block's rows.
     """
     import dask
 
@@ -206,24 +223,17 @@ def distributed_pass(function, reader, block_rows, calls, *, batch, index_dtype,
     task = dask.delayed(_block_pass, pure=False)
     weight = batch / reader.rows
     parts = [
-        task(*shared, start, stop, batch, weight, index_dtype, weight_dtype)
+        task(*shared, start, stop, batch, weight, weight_dtype)
         for start, stop in reader.bounds(block_rows)
     ]
     return dask.compute(*parts)
 
 
-def _block_pass(function, reader, calls, start, stop, batch, weight, index_dtype, weight_dtype):
-    rows = reader.read(start, stop)
-    count = stop - start
-    padded = -(-count // batch) * batch
-    indices = np.zeros(padded, dtype=index_dtype)
-    indices[:count] = np.arange(count)
-    weights = np.zeros(padded, dtype=weight_dtype)
-    weights[:count] = weight
-    indices, weights = indices.reshape(-1, batch), weights.reshape(-1, batch)
+def _block_pass(function, reader, calls, start, stop, batch, weight, weight_dtype):
+    inputs = chunk_inputs(reader.read(start, stop), batch, weight, weight_dtype)
     # Arrays Dask sent out of band may come unaligned, which PyTensor's C code refuses.
     calls = [[np.require(value, requirements="A") for value in call] for call in calls]
-    return [function(*call, indices, weights, *rows) for call in calls]
+    return [function(*call, *inputs) for call in calls]
 
 
 def block_model(model) -> BlockModel | None:

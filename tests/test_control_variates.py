@@ -83,6 +83,36 @@ def test_full_data_pass_in_chunks_matches_the_full_data_model():
     np.testing.assert_allclose(gradient, full_model.compile_dlogp()(point), rtol=1e-10)
 
 
+def test_full_data_pass_pads_inside_the_support_and_reads_the_current_data():
+    # A Gamma likelihood is -inf at 0: a padded chunk (2003 rows in chunks of 50) must
+    # pad with rows of the data. The rows are read from the data set itself, so a
+    # pm.set_data of the same length is what the next pass sees.
+    rng = np.random.default_rng(seed_for("gamma_chunks"))
+    x, y = rng.uniform(0.5, 2.0, size=N), rng.gamma(3.0, 1.0, size=N)
+
+    def full_model(x_values, y_values):
+        with pm.Model() as model:
+            slope = pm.Normal("slope", 0, 1)
+            pm.Gamma("y", alpha=3.0, beta=pm.math.exp(slope * x_values), observed=y_values)
+        return model
+
+    with pm.Model() as minibatch_model:
+        x_data, y_data = pm.Data("x", x), pm.Data("y_data", y)
+        x_batch, y_batch = pm.Minibatch(x_data, y_data, batch_size=BATCH)
+        slope = pm.Normal("slope", 0, 1)
+        pm.Gamma("y", alpha=3.0, beta=pm.math.exp(slope * x_batch), observed=y_batch, total_size=N)
+    full_data = FullDataLogPosterior(
+        MinibatchLogPosterior(minibatch_model, minibatch_model.value_vars), chunk_size=5 * BATCH
+    )
+    for x_values, y_values in [(x, y), (x[::-1].copy(), 2.0 * y)]:
+        with minibatch_model:
+            pm.set_data({"x": x_values, "y_data": y_values})
+        logp, gradient = full_data.logp_and_gradient(np.array([0.4]))
+        exact = full_model(x_values, y_values)
+        np.testing.assert_allclose(logp, exact.compile_logp()({"slope": 0.4}), rtol=1e-12)
+        np.testing.assert_allclose(gradient, exact.compile_dlogp()({"slope": 0.4}), rtol=1e-10)
+
+
 def test_map_centre_is_the_posterior_mode(regression):
     X, y, mean, covariance, _ = regression
     with regression_model(X, y):

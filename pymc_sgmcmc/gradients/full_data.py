@@ -17,10 +17,16 @@ from functools import partial
 import numpy as np
 import pytensor.tensor as pt
 
-from pytensor.graph.replace import clone_replace, vectorize_graph
+from pytensor.graph.replace import vectorize_graph
 from scipy import optimize
 
-from pymc_sgmcmc._blocks import LazyFunction, RowReader, active_client, distributed_pass
+from pymc_sgmcmc._blocks import (
+    LazyFunction,
+    RowReader,
+    active_client,
+    chunk_inputs,
+    distributed_pass,
+)
 from pymc_sgmcmc._compat import compile_function
 from pymc_sgmcmc._validation import positive_int
 from pymc_sgmcmc._vectorize import vectorized_function
@@ -82,27 +88,22 @@ class FullDataLogPosterior:
         self.streams = target.streams
         self._compile_kwargs = compile_kwargs or {}
         self._position = target.position
-        fixed, rows = target.split_by_stream()
+        fixed, rows, row_inputs = target.split_by_stream()
+        self._target = target
         self._fixed_graph = (fixed, pt.grad(fixed, self._position))
-        # Per stream: its chunk's inputs (row indices, weights) and (total, gradient).
+        # Per stream: its chunk's inputs (weights, rows) and (total, gradient). A chunk's
+        # rows come as (rows // B, B, ...) blocks of consecutive rows, a view of the data
+        # in memory: the pass reads them where they lie instead of gathering a copy.
         self._chunk_graphs = []
-        for stream, per_row in zip(self.streams, rows, strict=True):
-            index_matrix = pt.matrix(f"chunk_index_{stream.index.name}", dtype=stream.index.dtype)
+        for per_row, stand_ins in zip(rows, row_inputs, strict=True):
+            blocks = [
+                pt.tensor(f"block_{v.name}", dtype=v.dtype, shape=(None, *v.type.shape))
+                for v in stand_ins
+            ]
+            rows_matrix = vectorize_graph(per_row, dict(zip(stand_ins, blocks, strict=True)))
             weights = pt.matrix("weights", dtype=target.dtype)
-            rows_matrix = vectorize_graph(per_row, {stream.index: index_matrix})
-            inputs = [index_matrix, weights]
-            if stream.buffer is not None:
-                # A streamed source's rows come as inputs, a block at a time, not from
-                # the buffer the minibatches are drawn from.
-                blocks = [
-                    variable.type(f"block_{variable.name}") for variable in stream.buffer.shared
-                ]
-                rows_matrix = clone_replace(
-                    rows_matrix, dict(zip(stream.buffer.shared, blocks, strict=True))
-                )
-                inputs += blocks
             total = pt.sum(weights * rows_matrix)
-            self._chunk_graphs.append((inputs, (total, pt.grad(total, self._position))))
+            self._chunk_graphs.append(([weights, *blocks], (total, pt.grad(total, self._position))))
         # Compiled at their first use: a user of `gradients` alone never compiles the
         # one-position functions, and vice versa.
         self._one_position = None
@@ -156,7 +157,6 @@ class FullDataLogPosterior:
                 self.chunk_size,
                 calls,
                 batch=stream.batch_size,
-                index_dtype=stream.index.dtype,
                 weight_dtype=self.dtype,
             )
             return
@@ -164,28 +164,22 @@ class FullDataLogPosterior:
             yield [function(*call, *chunk) for call in calls]
 
     def _stream_chunks(self, stream):
-        """The inputs of a chunk's function, covering rows ``0..N-1`` once: ``(indices,
-        weights)`` matrices, and for a streamed source the block of rows they index."""
+        """The inputs of a chunk's function, covering rows ``0..N-1`` once: the
+        ``(rows // B, B)`` weights and the rows of each data set in blocks of that shape."""
         batch = stream.batch_size
-        weight = batch / stream.data_size
-        for first, count, blocks in self._row_blocks(stream):
-            padded = -(-count // batch) * batch
-            indices = np.zeros(padded, dtype=stream.index.dtype)
-            indices[:count] = np.arange(first, first + count)
-            weights = np.zeros(padded, dtype=self.dtype)
-            weights[:count] = weight
-            yield indices.reshape(-1, batch), weights.reshape(-1, batch), *blocks
+        for blocks in self._row_blocks(stream):
+            yield chunk_inputs(blocks, batch, batch / stream.data_size, self.dtype)
 
     def _row_blocks(self, stream):
-        """``(first index, rows, data)`` per chunk: rows of the data in the graph, or of a
-        streamed source's block (read here, indexed from 0)."""
+        """Each chunk's consecutive rows of the stream's data sets: views of the data in
+        the graph, or a streamed source's blocks (read here)."""
         if stream.buffer is not None:
-            for blocks in stream.buffer.chunks(self.chunk_size):
-                yield 0, blocks[0].shape[0], blocks
+            yield from stream.buffer.chunks(self.chunk_size)
             return
+        data = self._target.stream_data(self.streams.index(stream))
         per_chunk = max(1, self.chunk_size // stream.batch_size) * stream.batch_size
         for start in range(0, stream.data_size, per_chunk):
-            yield start, min(per_chunk, stream.data_size - start), ()
+            yield [values[start : start + per_chunk] for values in data]
 
     def logp_and_gradient(self, position) -> tuple[float, np.ndarray]:
         """``(log π(θ), ∇ log π(θ))`` at a raveled position, one pass over the data."""

@@ -111,6 +111,7 @@ class MinibatchLogPosterior:
         self._warn_total_size()
         self._terms_function = None
         self._data_function = None
+        self._computed_data: dict = {}
 
         self.logp = clone_replace(logp, replacements).astype(self.dtype)
         leftover = [var for var in ancestors([self.logp]) if isinstance(var.type, RandomType)]
@@ -373,9 +374,13 @@ class MinibatchLogPosterior:
             Scalar graph of ``position``: the prior, the log-Jacobians and every term that
             does not use ``pm.Minibatch``.
         rows : list of TensorVariable
-            One per stream: a vector graph of ``position`` and the stream's index, the
-            ``total_size``-scaled log likelihood of each drawn row, so that
-            ``log π̂ = fixed + Σ_streams rows.sum()``.
+            One per stream: a vector graph of ``position`` and the stream's row inputs, the
+            ``total_size``-scaled log likelihood of each row, so that ``log π̂ = fixed +
+            Σ_streams rows.sum()`` on the drawn rows.
+        row_inputs : list of list of TensorVariable
+            One per stream: stand-ins for the stream's rows of each of its data sets (in
+            the order of :meth:`stream_data`), in place of ``data[index]``. A full-data
+            pass gives them consecutive rows of the data themselves, without a gather.
         """
         model = self.model
         stream_of_rng = {rng: number for number, rng in enumerate(self._stream_rngs)}
@@ -401,8 +406,8 @@ class MinibatchLogPosterior:
                 )
         fixed = model.logp(vars=fixed_terms, jacobian=True)
         fixed = clone_replace(fixed, self._value_replacements).astype(self.dtype)
-        rows = []
-        for stream, terms in zip(self.streams, stream_terms, strict=True):
+        rows, row_inputs = [], []
+        for number, (stream, terms) in enumerate(zip(self.streams, stream_terms, strict=True)):
             per_row = pt.zeros((stream.batch_size,), dtype=self.dtype)
             for rv, term in zip(
                 terms, model.logp(vars=terms, sum=False) if terms else [], strict=True
@@ -413,9 +418,42 @@ class MinibatchLogPosterior:
                         "on its first axis; full-data passes (control variates) need it."
                     )
                 per_row = per_row + term.reshape((term.shape[0], -1)).sum(axis=1)
-            replace = {**self._value_replacements, **self._indexed_data([per_row])}
+            data = self._stream_data[number]
+            stand_ins = [
+                pt.tensor(
+                    f"rows_{number}_{k}", dtype=tensor.dtype, shape=(None, *tensor.type.shape[1:])
+                )
+                for k, tensor in enumerate(data)
+            ]
+            replace = dict(self._value_replacements)
+            for node in io_toposort([], [per_row]):
+                if (
+                    isinstance(node.op, MinibatchOp)
+                    and node.inputs[-1] is self._stream_rngs[number]
+                ):
+                    # A node PyMC rebuilt has the data in the same order.
+                    for output, stand_in in zip(node.outputs[:-1], stand_ins, strict=True):
+                        replace[output] = stand_in
             rows.append(clone_replace(per_row, replace).astype(self.dtype))
-        return fixed, rows
+            row_inputs.append(stand_ins)
+        return fixed, rows, row_inputs
+
+    def stream_data(self, number: int) -> list[np.ndarray]:
+        """The data sets stream ``number`` draws its rows from, as arrays: for a
+        ``pm.Minibatch`` over shared variables their current values (``pm.set_data``
+        included), for one over a chunked store its buffer's."""
+        values = []
+        for tensor in self._stream_data[number]:
+            if isinstance(tensor, TensorConstant):
+                values.append(tensor.data)
+            elif isinstance(tensor, pytensor.compile.SharedVariable):
+                values.append(tensor.get_value(borrow=True))
+            else:
+                # Data computed in the graph, of constants and shared variables only.
+                if tensor not in self._computed_data:
+                    self._computed_data[tensor] = compile_function([], tensor)
+                values.append(np.asarray(self._computed_data[tensor]()))
+        return values
 
 
 def _warn_missing_total_size(model) -> None:
