@@ -198,11 +198,6 @@ class Preconditioner:
         """``M = Σ⁻¹``, what the samplers' ``mass=`` takes to reuse it."""
         return np.linalg.inv(self.covariance) if self.dense else 1.0 / self.covariance
 
-    @property
-    def scale(self) -> np.ndarray:
-        """Marginal sds ``√diag Σ`` (what a chain's start is jittered by)."""
-        return np.sqrt(np.diag(self.covariance) if self.dense else self.covariance)
-
     def whiten(self, vector: np.ndarray) -> np.ndarray:
         """``Lᵀ v``: a gradient (or gradient difference) on the whitened scale."""
         factor = self.factor

@@ -741,7 +741,7 @@ class StochasticGradientStep(BlockedStep):
             self.rng,
             self._chain,
             centre=self.guess.position if near else None,
-            scale=self.adapter.preconditioner.scale if near else None,
+            factor=self.adapter.preconditioner.factor if near else None,
         )
         self._last_position = position
         self._auxiliary = self._initial_auxiliary(position)

@@ -108,13 +108,17 @@ class ChainStart:
         chain: int | None,
         *,
         centre: np.ndarray | None = None,
-        scale: np.ndarray | None = None,
+        factor: np.ndarray | None = None,
     ) -> np.ndarray:
         """The chain's start: ``position`` checked, then jittered with ``rng``.
 
         With a ``centre`` (the MAP, under adaptation) the coordinates the user did not
-        give start there instead, jittered by ``scale`` (posterior sds) times
-        ``U(−j, j)``, the spread halved at each retry.
+        give start there instead, at ``centre + L u`` with ``u ~ U(−j, j)`` per
+        coordinate and ``L`` the posterior's ``factor`` (a Cholesky factor of its
+        covariance, or its sds), the spread halved at each retry. Jittered on the
+        whitened scale, a start on a strongly correlated posterior stays about
+        ``j √(d/3)`` sds from the MAP; each coordinate jittered by its own marginal sd
+        would land up to ``√(condition number)`` sds off the narrow directions.
         """
         target = self.estimator.target
         target.check_data()
@@ -128,10 +132,11 @@ class ChainStart:
             raise self._error(position, bad, chain=chain, jittered=False)
         if self.initial_jitter == 0 or not free.any():
             return position
-        spread = 1.0 if scale is None else scale
+        spread = 1.0
         for _ in range(JITTER_ATTEMPTS):
             jitter = spread * rng.uniform(-self.initial_jitter, self.initial_jitter, position.shape)
-            if scale is not None:
+            if factor is not None:
+                jitter = factor @ jitter if np.ndim(factor) == 2 else factor * jitter
                 # Around the MAP a failed start is too far out along some wide direction
                 # (a prior-only scale): each retry halves the spread, ending near the MAP.
                 spread = 0.5 * spread
