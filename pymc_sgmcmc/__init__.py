@@ -16,6 +16,7 @@ from pymc_sgmcmc.gradients import ControlVariate
 from pymc_sgmcmc.preconditioners import RMSprop
 from pymc_sgmcmc.predictive import sample_posterior_predictive
 from pymc_sgmcmc.step_methods import SGHMC, SGLD, SGNHT, pSGLD
+from pymc_sgmcmc.step_methods.adapted_settings import adapted_settings
 from pymc_sgmcmc.step_methods.chain_start import InitialEvaluationError
 from pymc_sgmcmc.step_methods.divergence import SamplerDivergenceError
 from pymc_sgmcmc.streaming import Minibatch
@@ -36,6 +37,7 @@ __all__ = [
     "SamplerDivergenceError",
     "SamplerDivergenceWarning",
     "StepSizeSelection",
+    "adapted_settings",
     "diagnostics",
     "full_data_model",
     "loo",

@@ -60,7 +60,10 @@ def sample(
     """``pm.sample`` with each chain a task on a Dask cluster.
 
     Returns what ``pm.sample`` returns (``InferenceData`` on PyMC 5, ``xarray.DataTree`` on
-    PyMC 6), with the same draws as ``pm.sample(..., random_seed=random_seed, cores=1)``.
+    PyMC 6), with the same draws as ``pm.sample(..., random_seed=random_seed, cores=1)``
+    and each chain's adapted settings in ``sample_stats`` (as
+    ``step.record_adapted_settings`` writes them; :func:`pymc_sgmcmc.adapted_settings`
+    reads them).
     A chain that fails is reported with its error (a warning with its traceback) and the
     other chains are returned; if all fail, :class:`ChainFailure` is raised.
 
@@ -170,6 +173,8 @@ def _run_chain(payload, chain, seed, draws, tune, initvals, kwargs, progress):
     import cloudpickle
 
     model, step = cloudpickle.loads(payload)
+    # The chain runs in this process: its adapted settings stay with the step here.
+    step._adapted_record.adopt()
     for buffer in model_buffers(model):
         buffer.refill()
     callback = None
@@ -188,9 +193,12 @@ def _run_chain(payload, chain, seed, draws, tune, initvals, kwargs, progress):
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        return _sample_one_chain(model, step, generator, draws, tune, initvals, callback, kwargs)
+        result = _sample_one_chain(model, step, generator, draws, tune, initvals, callback, kwargs)
     finally:
         logger.setLevel(level)
+    if kwargs.get("return_inferencedata", True):
+        step.record_adapted_settings(result)
+    return result
 
 
 def _sample_one_chain(model, step, generator, draws, tune, initvals, callback, kwargs):

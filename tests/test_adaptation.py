@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 from pathlib import Path
 
 import numpy as np
 import pymc as pm
 import pytest
+import xarray as xr
 
 from helpers import (
     MEAN_BIAS,
@@ -266,6 +268,66 @@ def test_adapted_settings_are_reused_without_adapting(correlated_regression):
     assert second.friction == 1.0
     assert isinstance(second.control_variate, sgmc.ControlVariate)
     assert_close(idata.posterior["w"].values, mean, sd, label="reused")
+
+
+def test_adapted_settings_come_back_from_worker_processes_and_the_trace(
+    correlated_regression, tmp_path
+):
+    """Chains in PyMC's worker processes hand back their settings; the trace keeps them
+    through zarr, and a later run of other chains never mixes them with earlier ones."""
+    model, mean, sd = correlated_regression
+    options = dict(draws=50, tune=150, progressbar=False, compute_convergence_checks=False)
+    with model:
+        workers = sgmc.SGLD()
+        idata = pm.sample(step=workers, chains=2, cores=2, random_seed=3, **options)
+        one_core = sgmc.SGLD()
+        pm.sample(step=one_core, chains=2, cores=1, random_seed=3, **options)
+    per_chain = [workers.adapted_settings(chain=chain) for chain in (0, 1)]
+    for chain, settings in enumerate(per_chain):
+        # What the chain used in its sampling phase, and what it adapts on one core.
+        assert settings["step_size"] == idata.sample_stats["step_size"].values[chain, -1]
+        assert settings["steps_per_draw"] == idata.sample_stats["n_steps"].values[chain, -1]
+        same = one_core.adapted_settings(chain=chain)
+        np.testing.assert_allclose(settings["mass"], same["mass"], rtol=1e-8)
+        np.testing.assert_allclose(settings["step_size"], same["step_size"], rtol=1e-8)
+    assert per_chain[0]["step_size"] != per_chain[1]["step_size"]
+    pooled = workers.adapted_settings()
+    assert pooled["step_size"] == np.median([chain["step_size"] for chain in per_chain])
+    assert pooled["steps_per_draw"] == max(chain["steps_per_draw"] for chain in per_chain)
+    covariance = np.mean([np.linalg.inv(chain["mass"]) for chain in per_chain], axis=0)
+    np.testing.assert_allclose(np.linalg.inv(pooled["mass"]), covariance, rtol=1e-8)
+
+    assert workers.record_adapted_settings(idata) is idata
+    tree = idata if isinstance(idata, xr.DataTree) else idata.to_datatree()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata")
+        tree.to_zarr(tmp_path / "trace.zarr")
+    stored = xr.open_datatree(tmp_path / "trace.zarr", engine="zarr")
+    assert stored["sample_stats"]["adapted_mass"].shape == (2, 3, 3)
+    for chain, settings in enumerate(per_chain):
+        again = sgmc.adapted_settings(stored, chain=chain)
+        assert again.keys() == settings.keys() and again["step_size"] == settings["step_size"]
+        np.testing.assert_array_equal(again["mass"], settings["mass"])
+    reread = sgmc.adapted_settings(stored)
+    np.testing.assert_allclose(reread["mass"], pooled["mass"], rtol=1e-12)
+    assert reread["step_size"] == pooled["step_size"]
+
+    # A later run of one chain with another seed: its settings alone.
+    with model:
+        pm.sample(step=workers, chains=1, cores=1, random_seed=4, **options)
+    latest, only = workers.adapted_settings(), workers.adapted_settings(chain=0)
+    assert latest["step_size"] == only["step_size"]
+    np.testing.assert_allclose(latest["mass"], only["mass"], rtol=1e-12)
+    assert latest["step_size"] != per_chain[0]["step_size"]
+    with pytest.raises(ValueError, match="Chain 1 has no adapted settings"):
+        workers.adapted_settings(chain=1)
+    with model:
+        explicit = sgmc.SGLD(**pooled)
+        plain = pm.sample(step=explicit, chains=1, random_seed=5, **options)
+    # Reused settings adapt nothing: nothing to record.
+    assert explicit.adapted_settings() == {}
+    with pytest.raises(ValueError, match="holds no adapted settings"):
+        sgmc.adapted_settings(explicit.record_adapted_settings(plain))
 
 
 def test_chains_start_near_the_map_and_initvals_win(correlated_regression):

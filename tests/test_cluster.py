@@ -74,6 +74,26 @@ def test_chains_on_a_cluster_draw_what_sequential_chains_draw(model, client):
     assert not np.allclose(on_cluster.posterior["w"][0], on_cluster.posterior["w"][1])
 
 
+@pytest.mark.filterwarnings("ignore::pymc_sgmcmc.MinibatchNoiseWarning")
+def test_chains_on_a_cluster_record_their_adapted_settings(model, client):
+    options = {**OPTIONS, "tune": 40}
+    with model:
+        sequential_step = sgmc.SGLD()
+        pm.sample(
+            step=sequential_step, chains=2, cores=1, random_seed=3, progressbar=False, **options
+        )
+        on_cluster = sgmc.sample(
+            step=sgmc.SGLD(), chains=2, random_seed=3, client=client, **options
+        )
+    for chain in (0, 1):
+        stored = sgmc.adapted_settings(on_cluster, chain=chain)
+        expected = sequential_step.adapted_settings(chain=chain)
+        assert stored["step_size"] == on_cluster.sample_stats["step_size"].values[chain, -1]
+        np.testing.assert_allclose(stored["step_size"], expected["step_size"], rtol=1e-8)
+        np.testing.assert_allclose(stored["mass"], expected["mass"], rtol=1e-8)
+        assert stored["steps_per_draw"] == expected["steps_per_draw"]
+
+
 def sample_on(client, initvals):
     """Two chains on the cluster from ``initvals``, seed 3, without progress bars."""
     return sgmc.sample(

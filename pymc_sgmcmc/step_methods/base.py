@@ -44,6 +44,12 @@ from pymc_sgmcmc.dynamics import SGLDAuxiliary
 from pymc_sgmcmc.gradients import ControlVariate, GradientEstimator, MinibatchGradient
 from pymc_sgmcmc.gradients.minibatch import MinibatchLogPosterior
 from pymc_sgmcmc.schedules import as_schedule, evaluate_schedule
+from pymc_sgmcmc.step_methods.adapted_settings import (
+    AdaptedSettingsRecord,
+    pooled_settings,
+    record_in_trace,
+    run_of,
+)
 from pymc_sgmcmc.step_methods.adapter import TuningAdapter
 from pymc_sgmcmc.step_methods.chain_start import ChainStart
 from pymc_sgmcmc.step_methods.divergence import DivergenceMonitor
@@ -322,6 +328,7 @@ class StochasticGradientStep(BlockedStep):
             )
         self._device_kernels: dict[int, NamedFunction] = {}
         self._process = os.getpid()
+        self._adapted_record = AdaptedSettingsRecord()
         self._kernel = (
             None
             if self._device_random
@@ -526,20 +533,56 @@ class StochasticGradientStep(BlockedStep):
                 )
         self._refresh_parameters()
 
-    def adapted_settings(self) -> dict:
-        """The current chain's adapted settings, to reuse without adapting them again.
+    def adapted_settings(self, chain: int | None = None) -> dict:
+        """The adapted settings of the latest ``pm.sample`` run, to reuse without adapting.
 
         ``type(step)(**step.adapted_settings())`` samples with the same step size, mass
         matrix and SG steps per draw (chains start near the MAP, and
         ``control_variate="auto"`` applies, as here); only what was adapted is returned.
-        After ``pm.sample`` on one core it is the last chain's; the step size of every
-        chain is also the ``step_size`` sampler stat.
+        Chains in PyMC's worker processes (``cores > 1``) hand theirs back when their
+        tuning ends.
+
+        Parameters
+        ----------
+        chain : int, optional
+            One chain's settings. By default all chains' pooled: the mass matrix of the
+            chains' mean covariance ``Σ = mean_c M_c⁻¹``, the median step size, and the
+            most SG steps per draw any chain took.
         """
+        if not (self.adapt_step_size or self.adapter.adapt_preconditioner):
+            return {}
+        per_chain = self._adapted_record.chains()
+        if not per_chain:
+            raise RuntimeError(
+                f"No chain of this {type(self).__name__} has finished tuning yet: its "
+                "settings are adapted during pm.sample's tuning draws (tune > 0)."
+            )
+        if chain is None:
+            return pooled_settings(per_chain)
+        if chain not in per_chain:
+            raise ValueError(
+                f"Chain {chain} has no adapted settings; chains of the latest run that "
+                f"finished tuning: {sorted(per_chain)}."
+            )
+        return per_chain[chain]
+
+    def record_adapted_settings(self, idata):
+        """Write each chain's adapted settings into ``idata`` (what ``pm.sample``
+        returned), as ``sample_stats`` variables ``adapted_step_size``, ``adapted_mass``
+        and ``adapted_steps_per_draw`` with a ``chain`` dimension; returns ``idata``.
+
+        They survive ``to_netcdf`` and ``to_zarr``, and
+        :func:`pymc_sgmcmc.adapted_settings` reads them back in a later session.
+        """
+        return record_in_trace(idata, self._adapted_record.chains(), type(self).__name__)
+
+    def _chain_adapted_settings(self) -> dict:
+        """The current chain's adapted settings (only what is adapted)."""
         settings = {}
         if self.adapt_step_size:
             settings["step_size"] = float(self._next_step_size())
         if self.adapter.adapt_preconditioner:
-            settings["mass"] = self.adapter.preconditioner.mass
+            settings["mass"] = np.array(self.adapter.preconditioner.mass)
         if self.adapt_steps_per_draw:
             settings["steps_per_draw"] = int(self.steps_per_draw)
         return settings
@@ -662,6 +705,7 @@ class StochasticGradientStep(BlockedStep):
     def _start_chain(self, rng, tune: int | None = None, draws: int | None = None) -> None:
         self.tune = True
         self.rng = get_random_generator(rng, copy=False)
+        self._run = run_of(self.rng)
         # A child of the chain's generator: the same seed gives the same noise estimates,
         # and drawing their minibatches leaves the chain's own stream (its draws) untouched.
         self.noise_monitor.start_chain(self.rng.spawn(1)[0])
@@ -915,6 +959,14 @@ class StochasticGradientStep(BlockedStep):
         return str(index)
 
     # ---- the end of tuning ------------------------------------------------------------
+    def _chain_number(self) -> int:
+        """The chain's number in ``pm.sample``, from its sampling loop or else its
+        generator's place among the run's (a chain of :func:`pymc_sgmcmc.sample`)."""
+        if self._chain is not None:
+            return self._chain
+        spawn_key = getattr(getattr(self.rng.bit_generator, "seed_seq", None), "spawn_key", ())
+        return int(spawn_key[-1]) if spawn_key else 0
+
     def _next_step_size(self) -> float:
         return float(evaluate_schedule(self.step_size, np.array([self._sg_step]))[0])
 
@@ -951,6 +1003,9 @@ class StochasticGradientStep(BlockedStep):
                 "(e.g. a hierarchical model in its centred form)."
             )
         self._end_of_tuning(position)
+        settings = self._chain_adapted_settings()
+        if settings:
+            self._adapted_record.add(self._run, self._chain_number(), settings)
         self.noise_monitor.restart()
         if self.noise_estimate_interval is not None:
             self.noise_monitor.add_pairs(position, END_OF_TUNING_NOISE_PAIRS)
