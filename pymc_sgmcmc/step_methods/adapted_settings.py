@@ -37,14 +37,29 @@ TRACE_VARIABLES = {
 _MASS_DIMS = ("adapted_mass_dim_0", "adapted_mass_dim_1")
 
 
+def spawn_key(rng: np.random.Generator) -> tuple[int, ...]:
+    """The spawn key of a generator's ``SeedSequence`` (empty without one)."""
+    return tuple(getattr(getattr(rng.bit_generator, "seed_seq", None), "spawn_key", ()))
+
+
 def run_of(rng: np.random.Generator) -> str | None:
     """The ``pm.sample`` run a chain's generator belongs to: its ``SeedSequence``'s entropy
     and the spawn key above the chain's own (None for a generator without one)."""
-    seed_sequence = getattr(rng.bit_generator, "seed_seq", None)
-    spawn_key = getattr(seed_sequence, "spawn_key", None)
-    if spawn_key is None or len(spawn_key) == 0:
+    key = spawn_key(rng)
+    if not key:
         return None
-    return f"{seed_sequence.entropy}/{spawn_key[:-1]}"
+    return f"{rng.bit_generator.seed_seq.entropy}/{key[:-1]}"
+
+
+def settings_of(per_chain: dict[int, dict], chain: int | None) -> dict:
+    """One chain's settings, or with ``chain`` None all chains' pooled."""
+    if chain is None:
+        return pooled_settings(per_chain)
+    if chain not in per_chain:
+        raise ValueError(
+            f"Chain {chain} has no adapted settings; chains that have some: {sorted(per_chain)}."
+        )
+    return per_chain[chain]
 
 
 class AdaptedSettingsRecord:
@@ -240,11 +255,4 @@ def adapted_settings(idata, chain: int | None = None) -> dict:
             )
             for key, value in values.items()
         }
-    if chain is None:
-        return pooled_settings(per_chain)
-    if chain not in per_chain:
-        raise ValueError(
-            f"Chain {chain} has no adapted settings in this trace; chains with some: "
-            f"{sorted(per_chain)}."
-        )
-    return per_chain[chain]
+    return settings_of(per_chain, chain)

@@ -46,9 +46,10 @@ from pymc_sgmcmc.gradients.minibatch import MinibatchLogPosterior
 from pymc_sgmcmc.schedules import as_schedule, evaluate_schedule
 from pymc_sgmcmc.step_methods.adapted_settings import (
     AdaptedSettingsRecord,
-    pooled_settings,
     record_in_trace,
     run_of,
+    settings_of,
+    spawn_key,
 )
 from pymc_sgmcmc.step_methods.adapter import TuningAdapter
 from pymc_sgmcmc.step_methods.chain_start import ChainStart
@@ -557,14 +558,7 @@ class StochasticGradientStep(BlockedStep):
                 f"No chain of this {type(self).__name__} has finished tuning yet: its "
                 "settings are adapted during pm.sample's tuning draws (tune > 0)."
             )
-        if chain is None:
-            return pooled_settings(per_chain)
-        if chain not in per_chain:
-            raise ValueError(
-                f"Chain {chain} has no adapted settings; chains of the latest run that "
-                f"finished tuning: {sorted(per_chain)}."
-            )
-        return per_chain[chain]
+        return settings_of(per_chain, chain)
 
     def record_adapted_settings(self, idata):
         """Write each chain's adapted settings into ``idata`` (what ``pm.sample``
@@ -960,12 +954,12 @@ class StochasticGradientStep(BlockedStep):
 
     # ---- the end of tuning ------------------------------------------------------------
     def _chain_number(self) -> int:
-        """The chain's number in ``pm.sample``, from its sampling loop or else its
-        generator's place among the run's (a chain of :func:`pymc_sgmcmc.sample`)."""
+        """The chain's number in ``pm.sample``: from its sampling loop, or else (should
+        PyMC's loop not say) its generator's place among the run's."""
         if self._chain is not None:
             return self._chain
-        spawn_key = getattr(getattr(self.rng.bit_generator, "seed_seq", None), "spawn_key", ())
-        return int(spawn_key[-1]) if spawn_key else 0
+        key = spawn_key(self.rng)
+        return int(key[-1]) if key else 0
 
     def _next_step_size(self) -> float:
         return float(evaluate_schedule(self.step_size, np.array([self._sg_step]))[0])
