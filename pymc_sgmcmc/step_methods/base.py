@@ -312,6 +312,7 @@ class StochasticGradientStep(BlockedStep):
             whitened_variance=self._whitened_variance,
         )
         self._set_factor(initial.factor)
+        self._factor_covariance = None
         parameters = {
             name: NamedInput.like(name, value, self._dtype)
             for name, value in self._parameters().items()
@@ -682,8 +683,13 @@ class StochasticGradientStep(BlockedStep):
     # ---- per-chain state --------------------------------------------------------------
     def _refresh_parameters(self) -> None:
         self._parameters_tune = bool(self.tune)
-        # The adapter's covariance is the chain's state (restored with sampling_state).
-        self._set_factor(self.adapter.preconditioner.factor)
+        # The adapter's covariance is the chain's state (restored with sampling_state);
+        # it is replaced, never changed in place, when it moves. A refreshed control-
+        # variate centre comes here every few draws with the same one: no new factor.
+        covariance = self.adapter.covariance
+        if covariance is not self._factor_covariance:
+            self._set_factor(self.adapter.preconditioner.factor)
+            self._factor_covariance = covariance
         values = {
             name: np.asarray(value, dtype=self._dtype) for name, value in self._parameters().items()
         }
@@ -761,6 +767,7 @@ class StochasticGradientStep(BlockedStep):
     @sampling_state.setter
     def sampling_state(self, state) -> None:
         BlockedStep.sampling_state.fset(self, state)
+        self._factor_covariance = None
         self._refresh_parameters()
 
     def set_rng(self, rng) -> None:
