@@ -181,19 +181,14 @@ class FullDataLogPosterior:
         for start in range(0, stream.data_size, per_chunk):
             yield [values[start : start + per_chunk] for values in data]
 
-    def _checked(self, position) -> np.ndarray:
-        """A raveled position as a float array, or a clear error for the wrong shape."""
+    def logp_and_gradient(self, position) -> tuple[float, np.ndarray]:
+        """``(log π(θ), ∇ log π(θ))`` at a raveled position, one pass over the data."""
         position = np.asarray(position, dtype=float)
         if position.shape != (self.size,):
             raise ValueError(
                 f"`position` must have shape ({self.size},) (the raveled parameters), "
                 f"got {position.shape}."
             )
-        return position
-
-    def logp_and_gradient(self, position) -> tuple[float, np.ndarray]:
-        """``(log π(θ), ∇ log π(θ))`` at a raveled position, one pass over the data."""
-        position = self._checked(position)
         # Evaluated in floatX (float32 too), summed in float64.
         typed = position.astype(self.dtype)
         fixed, chunks = self._one_position_functions()
@@ -207,12 +202,8 @@ class FullDataLogPosterior:
         return logp, gradient
 
     def gradient(self, position) -> np.ndarray:
-        """``∇ log π(θ)`` on the full data.
-
-        Through the gradient-only function of :meth:`gradients`: the log density's own
-        terms (a log-sigmoid per row, say) made a pass about twice as long.
-        """
-        return self.gradients(self._checked(position)[None])[0]
+        """``∇ log π(θ)`` on the full data."""
+        return self.logp_and_gradient(position)[1]
 
     def gradients(self, positions, *, positions_per_call: int = 16) -> np.ndarray:
         """``∇ log π(θ_k)`` on the full data at each row ``θ_k`` of ``positions``.
